@@ -1,0 +1,38 @@
+"""Where training data comes from and how it is cut, augmented and batched."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from vla.configuration import check
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # dataset root (local path, s3:// or gs://) holding metadata.json + shards
+    train_split: str = "train"
+    val_split: str = "val"
+    cameras: list[str] = field(default_factory=lambda: ["static", "wrist"])
+    max_text_len: int = 16  # instruction tokens, right-padded / truncated
+    stride: int = 1  # distance between window start indices
+    normalization: Literal["clip", "quantile", "mean_std", "none"] = "clip"
+    clip_bound: float = 1.0  # "clip": clip pose to +-bound and scale to [-1, 1] (CALVIN: 0.65)
+    shift_static: int = 0  # random-shift augmentation in pixels (replicate pad + crop back)
+    shift_wrist: int = 0
+    color_jitter: float = 0.0  # brightness/contrast jitter amplitude, 0 disables
+    batch_size: int = 8  # per training worker
+    shuffle_buffer: int = 256  # local shuffle buffer (windows), 0 disables
+    prefetch_batches: int = 2
+    seed: int = 0
+
+    def validate(self) -> None:
+        check(bool(self.cameras), "cameras", "must name at least one camera")
+        check(self.max_text_len >= 1, "max_text_len", "must be >= 1")
+        check(self.stride >= 1, "stride", "must be >= 1")
+        check(self.clip_bound > 0, "clip_bound", "must be > 0")
+        check(self.shift_static >= 0 and self.shift_wrist >= 0, "shift_static", "must be >= 0")
+        check(self.color_jitter >= 0, "color_jitter", "must be >= 0")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.shuffle_buffer >= 0, "shuffle_buffer", "must be >= 0")
+        check(self.prefetch_batches >= 0, "prefetch_batches", "must be >= 0")

@@ -1,0 +1,57 @@
+"""What the policy model is: backbone, action token, history window, head, loss, what trains."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from vla.configuration import check
+
+BACKBONES = ("paligemma", "kosmos2", "llava", "qwen2vl")
+HEADS = ("lstm", "mlp")
+
+
+@dataclass
+class ModelConfig:
+    # Backbone: a VLM family, loaded from a local Hugging Face directory (`pretrained_path`)
+    # or, when that is null, built tiny from a config (tests and the demo).
+    backbone: Literal["paligemma", "kosmos2", "llava", "qwen2vl"] = "paligemma"
+    pretrained_path: str | None = None
+    tiny_hidden_size: int = 64
+    tiny_num_layers: int = 2
+    image_size: int = 32  # images are resized to this (a pretrained backbone's own size wins)
+    num_views: int = 2  # cameras per frame, e.g. static + wrist
+    # Sequence: [BOS] [vision tokens of every view] [instruction] [LRN x latent_num] [EOS]
+    latent_num: int = 1
+    fill_zero: bool = False  # mask the action token out of attention (RoboVLMs option)
+    # History and prediction
+    window_size: int = 8  # T frames of history
+    fwd_pred_next_n: int = 1  # N future steps predicted per frame
+    # Policy head
+    head: Literal["lstm", "mlp"] = "lstm"
+    head_hidden_size: int = 256
+    head_num_layers: int = 2
+    head_dropout: float = 0.0
+    # Loss
+    lambda_gripper: float = 0.01
+    # What trains (the action token and the head always do)
+    freeze_backbone: bool = False
+    train_vision: bool = True
+    train_text_embedding: bool = True
+    lora_rank: int = 0  # > 0 adds LoRA adapters to the LM (needs the `lora` extra: peft)
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+
+    def validate(self) -> None:
+        check(self.tiny_hidden_size > 0, "tiny_hidden_size", "must be > 0")
+        check(self.tiny_num_layers > 0, "tiny_num_layers", "must be > 0")
+        check(self.image_size >= 8, "image_size", "must be >= 8 pixels")
+        check(self.num_views >= 1, "num_views", "must be >= 1")
+        check(self.latent_num >= 1, "latent_num", "must be >= 1")
+        check(self.window_size >= 1, "window_size", "must be >= 1")
+        check(self.fwd_pred_next_n >= 1, "fwd_pred_next_n", "must be >= 1")
+        check(self.head_hidden_size > 0, "head_hidden_size", "must be > 0")
+        check(self.head_num_layers >= 1, "head_num_layers", "must be >= 1")
+        check(0.0 <= self.head_dropout < 1.0, "head_dropout", "must be in [0, 1)")
+        check(self.lambda_gripper >= 0.0, "lambda_gripper", "must be >= 0")
+        check(self.lora_rank >= 0, "lora_rank", "must be >= 0")

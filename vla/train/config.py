@@ -1,0 +1,77 @@
+"""How a run trains (optimizer, schedule, distribution) and where it keeps its results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from vla.configuration import check
+
+
+@dataclass
+class TrainConfig:
+    # Optimizer and schedule: AdamW, linear warmup, cosine decay to min_lr
+    lr: float = 2e-5
+    min_lr: float = 0.0
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    grad_clip: float = 1.0
+    grad_accum_steps: int = 1
+    # Length: max_steps wins when > 0, else epochs over the training split
+    epochs: int = 1
+    max_steps: int = 0
+    steps_per_epoch: int = 0  # 0: counted from the dataset before training starts
+    # Validation, logging and checkpoints, every K optimizer steps (0 disables)
+    val_every: int = 0
+    val_batches: int = 8
+    log_every: int = 10
+    checkpoint_every: int = 0
+    keep_checkpoints: int = 2
+    # Distribution: one place configures it
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5  # < 1 on small nodes so Ray Data tasks keep a CPU
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    activation_checkpointing: bool = False
+    hsdp_replicas: int = 1  # > 1: replicate across this many groups (nodes), shard within
+    max_failures: int = 0  # worker-group restarts from the latest checkpoint
+    seed: int = 0
+
+    def validate(self) -> None:
+        check(self.lr > 0, "lr", "must be > 0")
+        check(0 <= self.min_lr <= self.lr, "min_lr", "must be in [0, lr]")
+        check(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        check(all(0 <= b < 1 for b in self.betas), "betas", "must be in [0, 1)")
+        check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        check(self.grad_clip >= 0, "grad_clip", "must be >= 0 (0 disables clipping)")
+        check(self.grad_accum_steps >= 1, "grad_accum_steps", "must be >= 1")
+        check(self.epochs >= 1, "epochs", "must be >= 1")
+        check(self.max_steps >= 0, "max_steps", "must be >= 0")
+        check(self.steps_per_epoch >= 0, "steps_per_epoch", "must be >= 0")
+        for key in ("val_every", "log_every", "checkpoint_every"):
+            check(getattr(self, key) >= 0, key, "must be >= 0")
+        check(self.val_batches >= 1, "val_batches", "must be >= 1")
+        check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
+        check(self.num_workers >= 1, "num_workers", "must be >= 1")
+        check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+        check(self.hsdp_replicas >= 1, "hsdp_replicas", "must be >= 1")
+        check(
+            self.num_workers % self.hsdp_replicas == 0,
+            "hsdp_replicas",
+            f"must divide num_workers ({self.num_workers})",
+        )
+        check(self.max_failures >= 0, "max_failures", "must be >= 0")
+
+
+@dataclass
+class RunConfig:
+    name: str = "demo"  # re-running with the same name resumes from its latest checkpoint
+    storage_path: str = "~/vla_runs"  # local path or s3:// / gs:// URI
+    wandb_project: str = "vla"
+    wandb_mode: Literal["auto", "online", "offline", "disabled"] = "auto"  # auto: offline without a key
+    export: bool = True  # write a consolidated policy export at the end
+
+    def validate(self) -> None:
+        check(bool(self.name) and "/" not in self.name, "name", "must be a non-empty name without '/'")
+        check(bool(self.storage_path), "storage_path", "must not be empty")
