@@ -37,6 +37,8 @@ class TrainConfig:
     hsdp_replicas: int = 1  # > 1: replicate across this many groups (nodes), shard within
     max_failures: int = 0  # worker-group restarts from the latest checkpoint
     seed: int = 0
+    # Fault injection, to exercise restarts: raise once at this step unless resumed (0: off)
+    inject_failure_at_step: int = 0
 
     def validate(self) -> None:
         check(self.lr > 0, "lr", "must be > 0")
@@ -62,6 +64,7 @@ class TrainConfig:
             f"must divide num_workers ({self.num_workers})",
         )
         check(self.max_failures >= 0, "max_failures", "must be >= 0")
+        check(self.inject_failure_at_step >= 0, "inject_failure_at_step", "must be >= 0")
 
 
 @dataclass

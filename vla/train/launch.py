@@ -1,0 +1,141 @@
+"""Launch a training run on Ray: resolve the data, build the ``TorchTrainer``, fit, report.
+
+``run_training(cfg)`` is what ``pipelines/train.py`` and every Tune trial call. Re-running
+with the same ``run.name`` and ``run.storage_path`` resumes from the run's latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import ray.train
+from ray.train.torch import TorchTrainer
+
+from vla.config import Config
+from vla.configuration import ConfigError, save_yaml, to_dict
+from vla.data import ActionNormalizer, build_window_dataset, load_metadata
+from vla.model import build_tokenizer
+from vla.train.loop import EXPORT_DIR, NORMALIZATION_FILE, train_loop_per_worker
+from vla.train.storage import is_uri, normalize_storage_path, run_path, upload
+
+log = logging.getLogger("vla.train")
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass
+class TrainingResult:
+    run_dir: str
+    checkpoint: str | None  # the latest checkpoint folder
+    export_dir: str | None  # the consolidated policy export
+    metrics: dict  # metrics of the last checkpointed report
+
+
+def total_steps(cfg: Config, num_windows: int) -> int:
+    """Optimizer steps of the run: ``train.max_steps``, else epochs x steps per epoch."""
+    if cfg.train.max_steps:
+        return cfg.train.max_steps
+    per_epoch = cfg.train.steps_per_epoch or num_windows // (
+        cfg.train.num_workers * cfg.data.batch_size * cfg.train.grad_accum_steps
+    )
+    if per_epoch < 1:
+        raise ConfigError(
+            f"data.path {cfg.data.path}: {num_windows} training windows make no full step of "
+            f"{cfg.train.num_workers} workers x data.batch_size {cfg.data.batch_size} x "
+            f"train.grad_accum_steps {cfg.train.grad_accum_steps}"
+        )
+    return cfg.train.epochs * per_epoch
+
+
+def ensure_ray() -> None:
+    """Join the cluster at ``RAY_ADDRESS`` if there is one, else start a local Ray instance."""
+    if not ray.is_initialized():
+        ray.init(log_to_driver=True)
+
+
+def write_run_files(run_dir: str, cfg: Config, normalization_json: str) -> None:
+    """The full resolved config and the action statistics, saved with every run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        save_yaml(to_dict(cfg), Path(tmp) / CONFIG_FILE)
+        (Path(tmp) / NORMALIZATION_FILE).write_text(normalization_json)
+        for name in (CONFIG_FILE, NORMALIZATION_FILE):
+            upload(Path(tmp) / name, f"{run_dir}/{name}")
+
+
+def tokenizer_directory(cfg: Config, run_dir: str) -> str:
+    """The tokenizer folder the data tasks load: the pretrained one, or the tiny one saved with the run."""
+    if cfg.model.pretrained_path is not None:
+        return cfg.model.pretrained_path
+    local = Path(tempfile.mkdtemp(prefix="vla_tokenizer_")) if is_uri(run_dir) else Path(run_dir) / "tokenizer"
+    build_tokenizer(cfg.model).save_pretrained(str(local))
+    return str(local)
+
+
+def build_trainer(cfg: Config) -> TorchTrainer:
+    """Everything Ray Train needs, built and checked on the driver before any worker starts."""
+    metadata = load_metadata(cfg.data.path)
+    normalizer = ActionNormalizer.from_metadata(metadata, cfg.data)
+    normalization_json = normalizer.to_json()
+    storage_path = normalize_storage_path(cfg.run.storage_path)
+    run_dir = run_path(storage_path, cfg.run.name)
+    write_run_files(run_dir, cfg, normalization_json)
+    tokenizer_dir = tokenizer_directory(cfg, run_dir)
+
+    def windows(split: str, train: bool):
+        return build_window_dataset(
+            cfg.data,
+            split,
+            window_size=cfg.model.window_size,
+            fwd_pred_next_n=cfg.model.fwd_pred_next_n,
+            image_size=cfg.model.image_size,
+            tokenizer_dir=tokenizer_dir,
+            train=train,
+        )
+
+    datasets = {cfg.data.train_split: windows(cfg.data.train_split, train=True)}
+    if cfg.train.val_every:
+        datasets[cfg.data.val_split] = windows(cfg.data.val_split, train=False)
+    steps = total_steps(cfg, metadata.num_windows(cfg.data.train_split, cfg.model.window_size, cfg.data.stride))
+
+    resources = {"CPU": cfg.train.cpus_per_worker}
+    if cfg.train.use_gpu:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "config": cfg.to_dict(),
+            "run_dir": run_dir,
+            "total_steps": steps,
+            "normalization_json": normalization_json,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name,
+            storage_path=storage_path,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=[cfg.data.train_split]),
+    )
+
+
+def run_training(cfg: Config) -> TrainingResult:
+    """Train ``cfg`` to the end (or resume it there) and say where everything went."""
+    ensure_ray()
+    trainer = build_trainer(cfg)
+    result = trainer.fit()
+    run_dir = run_path(cfg.run.storage_path, cfg.run.name)
+    return TrainingResult(
+        run_dir=run_dir,
+        checkpoint=result.checkpoint.path if result.checkpoint is not None else None,
+        export_dir=f"{run_dir}/{EXPORT_DIR}" if cfg.run.export else None,
+        metrics=dict(result.metrics or {}),
+    )

@@ -1,0 +1,59 @@
+"""Apply activation checkpointing and FSDP2 to a ``VLAModel`` (torchtitan's order).
+
+The model knows nothing of parallelism; this is the one place that does:
+1. activation checkpointing on each LM decoder block (optional),
+2. ``fully_shard`` on every decoder block and vision block,
+3. ``fully_shard`` on the policy head with an fp32 policy (an LSTM in bf16 fails on fp32 inputs),
+4. ``fully_shard`` on the root for what is left (embeddings, projector, action token).
+Build the optimizer after this, over the sharded parameters.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed._composable import checkpoint
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from vla.train.config import TrainConfig
+
+
+def param_dtype_for(train_cfg: TrainConfig, device: torch.device) -> torch.dtype:
+    """bf16 compute on GPU, fp32 on CPU, unless the config says otherwise."""
+    if train_cfg.precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return torch.bfloat16 if train_cfg.precision == "bf16" else torch.float32
+
+
+def build_mesh(train_cfg: TrainConfig, device: torch.device, world_size: int) -> DeviceMesh:
+    """1-D mesh for FSDP; 2-D (replicate x shard) for HSDP across ``hsdp_replicas`` groups."""
+    if train_cfg.hsdp_replicas > 1:
+        shape = (train_cfg.hsdp_replicas, world_size // train_cfg.hsdp_replicas)
+        return init_device_mesh(device.type, shape, mesh_dim_names=("replicate", "shard"))
+    return init_device_mesh(device.type, (world_size,), mesh_dim_names=("shard",))
+
+
+def apply_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute each LM decoder block's activations in backward instead of storing them."""
+    for block in model.backbone.decoder_blocks():
+        checkpoint(block)
+
+
+def apply_fsdp(model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype) -> None:
+    """Shard each block, then the head (fp32), then the root."""
+    mixed = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    full = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
+    for block in [*model.backbone.vision_blocks(), *model.backbone.decoder_blocks()]:
+        fully_shard(block, mesh=mesh, mp_policy=mixed)
+    fully_shard(model.head, mesh=mesh, mp_policy=full)
+    fully_shard(model, mesh=mesh, mp_policy=mixed)
+
+
+def parallelize(model: nn.Module, train_cfg: TrainConfig, device: torch.device, world_size: int) -> nn.Module:
+    """Activation checkpointing (if asked), then FSDP2 over ``world_size`` ranks."""
+    if train_cfg.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    mesh = build_mesh(train_cfg, device, world_size)
+    apply_fsdp(model, mesh, param_dtype_for(train_cfg, device))
+    return model

@@ -1,0 +1,163 @@
+"""What a run shows while it trains: progress lines, a metrics file, wandb, and a plot.
+
+Only rank 0 owns a ``RunLogger``. wandb runs offline when no API key is set, so a run never
+fails for lack of network; the same metrics always land in ``metrics.jsonl`` too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from vla.train.storage import is_uri, upload
+
+log = logging.getLogger("vla.train")
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "metrics.png"
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+class StepTimer:
+    """Splits wall time between waiting for data and computing, and estimates the time left."""
+
+    def __init__(self) -> None:
+        self.data_s = 0.0
+        self.compute_s = 0.0
+        self.samples = 0
+        self.tokens = 0
+        self.steps = 0
+        self._start = time.perf_counter()
+        self._mark = self._start
+
+    def data_ready(self) -> None:
+        now = time.perf_counter()
+        self.data_s += now - self._mark
+        self._mark = now
+
+    def computed(self, samples: int, tokens: int) -> None:
+        now = time.perf_counter()
+        self.compute_s += now - self._mark
+        self._mark = now
+        self.samples += samples
+        self.tokens += tokens
+
+    def step_done(self) -> None:
+        self.steps += 1
+
+    def window(self, steps_left: int) -> dict[str, float]:
+        """Rates since the last call, then start a new window."""
+        elapsed = max(1e-9, time.perf_counter() - self._start)
+        per_step = elapsed / max(1, self.steps)
+        stats = {
+            "samples_per_s": self.samples / elapsed,
+            "tokens_per_s": self.tokens / elapsed,
+            "data_wait_s": self.data_s / max(1, self.steps),
+            "compute_s": self.compute_s / max(1, self.steps),
+            "step_time_s": per_step,
+            "eta_s": per_step * steps_left,
+        }
+        self.__init__()
+        return stats
+
+
+def wandb_mode(configured: str) -> str:
+    if configured != "auto":
+        return configured
+    return "online" if os.environ.get("WANDB_API_KEY") else "offline"
+
+
+class RunLogger:
+    """Rank 0's record of a run, kept in ``run_dir`` (a local path or an object-storage URI)."""
+
+    def __init__(self, run_dir: str, run_name: str, wandb_project: str, mode: str, config: dict[str, Any]) -> None:
+        self.run_dir = run_dir
+        self.local_dir = Path(tempfile.mkdtemp(prefix="vla_run_")) if is_uri(run_dir) else Path(run_dir)
+        self.local_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.local_dir / METRICS_FILE
+        self.wandb = None
+        if wandb_mode(mode) != "disabled":
+            import wandb
+
+            self.wandb = wandb.init(
+                project=wandb_project,
+                name=run_name,
+                id=run_name,
+                resume="allow",
+                mode=wandb_mode(mode),
+                dir=str(self.local_dir),
+                config=config,
+            )
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log(metrics, step=step)
+
+    def progress(self, step: int, total_steps: int, metrics: dict[str, float]) -> None:
+        """One human-readable line: step, loss, lr, throughput, data/compute split, ETA."""
+        parts = [f"step {step}/{total_steps}"]
+        parts += [f"{k} {metrics[k]:.4f}" for k in ("loss", "val_loss", "pose_error") if k in metrics]
+        if "lr" in metrics:
+            parts.append(f"lr {metrics['lr']:.2e}")
+        if "samples_per_s" in metrics:
+            parts.append(f"{metrics['samples_per_s']:.1f} samples/s, {metrics['tokens_per_s']:.0f} tokens/s")
+            parts.append(f"data {metrics['data_wait_s']:.3f}s + compute {metrics['compute_s']:.3f}s per step")
+            parts.append(f"ETA {format_duration(metrics['eta_s'])}")
+        log.info(" | ".join(parts))
+
+    def sync(self) -> None:
+        """Upload the local record when the run lives on object storage."""
+        if is_uri(self.run_dir):
+            upload(self.metrics_path, f"{self.run_dir}/{METRICS_FILE}")
+
+    def finish(self) -> Path:
+        """Plot the curves, close wandb, upload; returns the plot's local path."""
+        plot = plot_metrics(self.metrics_path, self.local_dir / PLOT_FILE)
+        if self.wandb is not None:
+            self.wandb.finish()
+        if is_uri(self.run_dir):
+            upload(plot, f"{self.run_dir}/{PLOT_FILE}")
+        self.sync()
+        return plot
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def plot_metrics(metrics_path: Path, out: Path) -> Path:
+    """Training and validation loss and pose error against the step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(metrics_path)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, keys in zip(axes, (("loss", "val_loss"), ("pose_error", "val_pose_error"))):
+        for key in keys:
+            points = [(r["step"], r[key]) for r in records if key in r]
+            if points:
+                ax.plot(*zip(*points), label=key, marker="." if key.startswith("val") else None)
+        ax.set_xlabel("step")
+        ax.set_yscale("log")
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
