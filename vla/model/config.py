@@ -19,6 +19,7 @@ class ModelConfig:
     pretrained_path: str | None = None
     tiny_hidden_size: int = 64
     tiny_num_layers: int = 2
+    tiny_vision_tower: Literal["clip", "siglip"] = "clip"  # tiny LLaVA's tower
     image_size: int = 32  # images are resized to this (a pretrained backbone's own size wins)
     num_views: int = 2  # cameras per frame, e.g. static + wrist
     # Sequence: [BOS] [vision tokens of every view] [instruction] [LRN x latent_num] [EOS]

@@ -1,0 +1,68 @@
+"""LLaVA: a CLIP or SigLIP tower + MLP projector + a Llama-style LM."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from transformers import LlavaForConditionalGeneration
+
+from vla.model.backbones.base import CLIP_MEAN, CLIP_STD, HALF, Backbone
+
+
+class LlavaBackbone(Backbone):
+    family = "llava"
+    hf_model_class = LlavaForConditionalGeneration
+    default_image_mean = CLIP_MEAN
+    default_image_std = CLIP_STD
+
+    def __init__(self, vlm: LlavaForConditionalGeneration, image_mean, image_std):
+        super().__init__(vlm, image_mean, image_std)
+        self.model = vlm.model  # vision tower, projector, LM body; the LM output head is left behind
+
+    @classmethod
+    def from_vlm(cls, vlm: LlavaForConditionalGeneration, pretrained_dir: str | None = None) -> "LlavaBackbone":
+        backbone = super().from_vlm(vlm, pretrained_dir)
+        if pretrained_dir is None and vlm.config.vision_config.model_type.startswith("siglip"):
+            backbone.image_mean, backbone.image_std = HALF, HALF
+        return backbone
+
+    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.language_model.embed_tokens(input_ids)
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        features = self.model.get_image_features(
+            pixel_values=pixel_values,
+            vision_feature_layer=self.hf_config.vision_feature_layer,
+            vision_feature_select_strategy=self.hf_config.vision_feature_select_strategy,
+        ).pooler_output
+        return torch.stack(list(features))  # one entry per image
+
+    def run_language_model(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, image_index: torch.Tensor
+    ) -> torch.Tensor:
+        out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state
+
+    def decoder_blocks(self) -> list[nn.Module]:
+        return list(self.model.language_model.layers)
+
+    def vision_blocks(self) -> list[nn.Module]:
+        return list(self.model.vision_tower.encoder.layers)
+
+    def module_groups(self) -> dict[str, list[nn.Module]]:
+        return {
+            "vision": [self.model.vision_tower, self.model.multi_modal_projector],
+            "text_embedding": [self.model.language_model.embed_tokens],
+            "language_model": [self.model.language_model],
+        }
+
+    def unused_modules(self) -> list[nn.Module]:
+        """Tower parts past the feature layer LLaVA reads (e.g. the last block for layer -2), pooling heads."""
+        tower = self.model.vision_tower
+        layers = self.hf_config.vision_feature_layer
+        deepest = max(layers) if isinstance(layers, list) else layers
+        num_blocks = len(tower.encoder.layers)
+        used_blocks = deepest % (num_blocks + 1)  # hidden_states[i] is the output of block i - 1
+        unused = list(tower.encoder.layers)[used_blocks:]
+        unused += [m for m in (getattr(tower, "post_layernorm", None), getattr(tower, "head", None)) if m is not None]
+        return unused

@@ -1,0 +1,99 @@
+"""The policy: a VLM backbone reads each frame with an [LRN] action token; a head turns those into actions."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+from torch import nn
+
+from vla.configuration import ConfigError
+from vla.model.backbones import Backbone, build_backbone
+from vla.model.config import ModelConfig
+from vla.model.heads import ActionOutput, build_head
+from vla.model.loss import action_loss
+from vla.model.sequence import assemble, gather_positions
+from vla.model.tokenizer import build_tokenizer
+from vla.model.trainable import add_lora, apply_trainable
+
+
+class VLAModel(nn.Module):
+    """Images + instruction -> ``ActionOutput``; ``loss`` scores it against action labels.
+
+    Every frame of a window runs through the VLM on its own ("post" history: ``B*T``
+    sequences, the instruction repeated); the head then fuses the T action-token features.
+    """
+
+    def __init__(self, cfg: ModelConfig, backbone: Backbone):
+        super().__init__()
+        self.config = cfg
+        self.backbone = backbone
+        hidden = backbone.hidden_size
+        self.action_token = nn.Parameter(torch.randn(cfg.latent_num, hidden) * 0.02)
+        self.head = build_head(cfg, hidden)
+        self.register_buffer("image_mean", torch.tensor(backbone.image_mean).reshape(3, 1, 1))
+        self.register_buffer("image_std", torch.tensor(backbone.image_std).reshape(3, 1, 1))
+        self.image_size: int = backbone.image_size or cfg.image_size
+
+    def pixel_values(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[N, 3, H, W]`` -> normalized floats at ``image_size`` (resized when H, W differ)."""
+        x = images.to(self.image_mean.dtype) / 255.0
+        if x.shape[-2:] != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", antialias=True)
+        return (x - self.image_mean) / self.image_std
+
+    def action_features(
+        self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Images ``[B, T, V, 3, H, W]`` uint8 + instruction ``[B, L]`` -> ``[B, T, latent_num, hidden]``."""
+        b, t, v = images.shape[:3]
+        backbone = self.backbone
+        vision = backbone.encode_images(self.pixel_values(images.flatten(0, 2)))  # [B*T*V, K, H]
+        vision = vision.reshape(b * t, -1, vision.shape[-1])
+        text = backbone.embed_text(input_ids).repeat_interleave(t, dim=0)
+        special_ids = torch.tensor(
+            [backbone.bos_token_id, backbone.eos_token_id, backbone.pad_token_id], device=input_ids.device
+        )
+        seq = assemble(
+            vision=vision.to(text.dtype),
+            text=text,
+            text_mask=attention_mask.repeat_interleave(t, dim=0),
+            action_token=self.action_token.to(text.dtype),
+            special=backbone.embed_text(special_ids),
+            num_views=v,
+            fill_zero=self.config.fill_zero,
+        )
+        hidden = backbone.run_language_model(seq.embeds, seq.attention_mask, seq.image_index)
+        features = gather_positions(hidden, seq.action_positions)
+        return features.reshape(b, t, *features.shape[1:])
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> ActionOutput:
+        return self.head(self.action_features(images, input_ids, attention_mask).float())
+
+    def loss(self, output: ActionOutput, actions: torch.Tensor, action_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``loss`` (differentiable), ``loss_arm``, ``loss_gripper``, ``pose_error``, ``gripper_accuracy``."""
+        return action_loss(output, actions, action_mask, self.config.lambda_gripper)
+
+
+def build_model(
+    cfg: ModelConfig,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    hf_config: PretrainedConfig | None = None,
+) -> VLAModel:
+    """The policy of ``cfg`` with its freeze options applied.
+
+    The backbone comes from ``hf_config`` (random weights, for loading an export), else
+    ``cfg.pretrained_path`` (local directory, no network), else a tiny config matched to
+    the tokenizer (``build_tokenizer(cfg)`` unless given).
+    """
+    tokenizer = tokenizer if tokenizer is not None else build_tokenizer(cfg)
+    backbone = build_backbone(cfg, tokenizer, hf_config)
+    multiple = getattr(backbone, "size_multiple", 1)
+    if backbone.image_size is None and cfg.image_size % multiple:
+        raise ConfigError(f"image_size: {cfg.backbone} needs a multiple of {multiple}, got {cfg.image_size}")
+    if cfg.lora_rank > 0:
+        add_lora(backbone, cfg)
+    model = VLAModel(cfg, backbone)
+    apply_trainable(model, cfg)
+    return model
