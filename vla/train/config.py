@@ -36,6 +36,9 @@ class TrainConfig:
     activation_checkpointing: bool = False
     hsdp_replicas: int = 1  # > 1: replicate across this many groups (nodes), shard within
     max_failures: int = 0  # worker-group restarts from the latest checkpoint
+    # A worker group that cannot get its resources fails after (1 + this) x 60 s instead of
+    # waiting forever; -1 waits forever (an autoscaling cluster still booting GPU nodes).
+    worker_start_retries: int = 2
     seed: int = 0
     # Fault injection, to exercise restarts: raise once at this step unless resumed (0: off)
     inject_failure_at_step: int = 0
@@ -64,6 +67,7 @@ class TrainConfig:
             f"must divide num_workers ({self.num_workers})",
         )
         check(self.max_failures >= 0, "max_failures", "must be >= 0")
+        check(self.worker_start_retries >= -1, "worker_start_retries", "must be >= -1")
         check(self.inject_failure_at_step >= 0, "inject_failure_at_step", "must be >= 0")
 
 

@@ -9,16 +9,18 @@ from __future__ import annotations
 import logging
 import math
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import ray
 import ray.train
 from ray.train.torch import TorchTrainer
+from ray.train import UserCallback
 
 from vla.config import Config
 from vla.configuration import ConfigError, save_yaml, to_dict
-from vla.data import ActionNormalizer, build_window_dataset, load_metadata
+from vla.data import ActionNormalizer, DatasetMetadata, build_window_dataset, load_metadata
 from vla.model import build_tokenizer
 from vla.train.loop import EXPORT_DIR, NORMALIZATION_FILE, train_loop_per_worker
 from vla.train.storage import is_uri, normalize_storage_path, run_path, upload
@@ -52,6 +54,22 @@ def total_steps(cfg: Config, num_windows: int) -> int:
     return cfg.train.epochs * per_epoch
 
 
+def count_windows(metadata: DatasetMetadata, cfg: Config) -> int:
+    """Training windows per epoch: one per start index (every ``data.stride``-th step)."""
+    split = metadata.splits.get(cfg.data.train_split)
+    if split is None:
+        raise ConfigError(
+            f"data.train_split: {cfg.data.path} has no split {cfg.data.train_split!r} "
+            f"(splits: {', '.join(metadata.splits)})"
+        )
+    return math.ceil(split.steps / cfg.data.stride)
+
+
+def total_steps_of(cfg: Config) -> int:
+    """``total_steps`` with the window count read from the dataset's metadata."""
+    return total_steps(cfg, count_windows(load_metadata(cfg.data.path), cfg))
+
+
 def ensure_ray() -> None:
     """Join the cluster at ``RAY_ADDRESS`` if there is one, else start a local Ray instance."""
     if not ray.is_initialized():
@@ -76,7 +94,7 @@ def tokenizer_directory(cfg: Config, run_dir: str) -> str:
     return str(local)
 
 
-def build_trainer(cfg: Config) -> TorchTrainer:
+def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = ()) -> TorchTrainer:
     """Everything Ray Train needs, built and checked on the driver before any worker starts."""
     metadata = load_metadata(cfg.data.path)
     normalizer = ActionNormalizer.from_metadata(metadata, cfg.data)
@@ -100,7 +118,7 @@ def build_trainer(cfg: Config) -> TorchTrainer:
     datasets = {cfg.data.train_split: windows(cfg.data.train_split, train=True)}
     if cfg.train.val_every:
         datasets[cfg.data.val_split] = windows(cfg.data.val_split, train=False)
-    steps = total_steps(cfg, metadata.num_windows(cfg.data.train_split, cfg.model.window_size, cfg.data.stride))
+    steps = total_steps(cfg, count_windows(metadata, cfg))
 
     resources = {"CPU": cfg.train.cpus_per_worker}
     if cfg.train.use_gpu:
@@ -120,7 +138,10 @@ def build_trainer(cfg: Config) -> TorchTrainer:
             name=cfg.run.name,
             storage_path=storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            failure_config=ray.train.FailureConfig(
+                max_failures=cfg.train.max_failures, controller_failure_limit=cfg.train.worker_start_retries
+            ),
+            callbacks=list(callbacks),
         ),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=[cfg.data.train_split]),

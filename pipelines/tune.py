@@ -1,0 +1,73 @@
+"""Sweep hyperparameters with Ray Tune: every trial is one full distributed training run.
+
+    python pipelines/tune.py --space tune_spaces/default.yaml
+    python pipelines/tune.py --space tune_spaces/lr_gripper.yaml --config configs/calvin_kosmos2.yaml
+    ray job submit --working-dir . -- python pipelines/tune.py --space tune_spaces/freeze.yaml
+
+Results land in <run.storage_path>/<name>: trials.csv, best_config.yaml, sweep.png,
+summary.json, and each trial's run (checkpoints, export) under runs/. Re-running the same
+command after the driver died resumes the sweep where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from vla.config import load_config
+from vla.configuration import ConfigError
+from vla.tune.space import load_space
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--space", required=True, help="search space file (tune_spaces/NAME.yaml)")
+    parser.add_argument("--config", help="base config file (configs/NAME.yaml); defaults are the demo")
+    parser.add_argument("--name", help="sweep name (its folder under run.storage_path); default: the space's name")
+    parser.add_argument("--dry-run", action="store_true", help="validate and print config and space, start nothing")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the base config")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        space = load_space(args.space, cfg.to_dict())
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    name = args.name or f"sweep-{Path(args.space).stem}"
+    if args.dry_run:
+        resolved = {
+            "name": name,
+            "params": {p.key: {p.kind: p.values} for p in space.params},
+            "presets": space.presets,
+            "sweep": vars(space.sweep),
+            "base_config": cfg.to_dict(),
+        }
+        print(yaml.safe_dump(resolved, sort_keys=False))
+        return 0
+
+    from vla.train.launch import total_steps_of  # imports Ray and torch: not needed for --dry-run
+    from vla.tune.report import format_table, write_report
+    from vla.tune.runner import make_sweep, run_sweep
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    sweep = make_sweep(name, space, cfg)
+    results = run_sweep(sweep)
+    report = write_report(results, sweep, total_steps_of(cfg))
+    print(format_table(report.rows, space.sweep.metric))
+    print(f"sweep folder: {sweep.directory}")
+    print(f"best config:  {report.best_config}")
+    print(f"best policy:  {report.export_dir}")
+    print(f"plot:         {report.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

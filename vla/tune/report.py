@@ -1,0 +1,187 @@
+"""What a finished sweep leaves in its folder.
+
+    trials.csv         one row per trial: sampled values, metric, steps run, status, checkpoint
+    best_config.yaml   the best trial's full config, ready for ``pipelines/train.py --config``
+    sweep.png          the metric against each swept parameter
+    summary.json       the best trial, its metric, checkpoint and export
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+import yaml
+from ray import tune
+
+from vla.config import resolve_config
+from vla.configuration import to_dict
+from vla.train.launch import CONFIG_FILE
+from vla.train.loop import EXPORT_DIR
+from vla.train.storage import is_uri
+from vla.tune.runner import Sweep
+
+log = logging.getLogger("vla.tune")
+
+
+@dataclass
+class TrialRow:
+    trial: str
+    params: dict[str, Any]
+    metric: float | None
+    steps: int
+    status: str  # completed, stopped early, error
+    trainable_params: int | None
+    checkpoint: str | None
+    run_dir: str | None
+
+
+@dataclass
+class SweepReport:
+    rows: list[TrialRow]
+    best: TrialRow | None
+    best_config: str | None
+    export_dir: str | None
+    plot: str | None
+
+
+def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
+    return pafs.FileSystem.from_uri(path) if is_uri(path) else (pafs.LocalFileSystem(), path)
+
+
+def _write(path: str, data: bytes) -> None:
+    fs, inner = _filesystem(path)
+    with fs.open_output_stream(inner) as out:
+        out.write(data)
+
+
+def _read(path: str) -> bytes:
+    fs, inner = _filesystem(path)
+    with fs.open_input_stream(inner) as stream:
+        return stream.read()
+
+
+def _exists(path: str) -> bool:
+    fs, inner = _filesystem(path)
+    return fs.get_file_info(inner).type != pafs.FileType.NotFound
+
+
+def trial_rows(results: tune.ResultGrid, sweep: Sweep, max_steps: int) -> list[TrialRow]:
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        checkpoint = metrics.get("checkpoint_path")
+        steps = int(metrics.get("step", 0))
+        if result.error is not None:
+            status = "error"
+        else:
+            status = "completed" if steps >= max_steps else "stopped early"
+        rows.append(
+            TrialRow(
+                trial=Path(result.path).name,
+                params={key: result.config.get(key) for key in (p.key for p in sweep.space.params)},
+                metric=metrics.get(sweep.space.sweep.metric),
+                steps=steps,
+                status=status,
+                trainable_params=metrics.get("trainable_params"),
+                checkpoint=checkpoint,
+                run_dir=checkpoint.rsplit("/", 1)[0] if checkpoint else None,
+            )
+        )
+    return rows
+
+
+def best_row(rows: list[TrialRow], mode: str) -> TrialRow | None:
+    scored = [r for r in rows if r.metric is not None and r.status != "error"]
+    if not scored:
+        return None
+    pick = min if mode == "min" else max
+    return pick(scored, key=lambda r: r.metric)
+
+
+def write_best_config(best: TrialRow, sweep: Sweep) -> str:
+    """The best trial's resolved config, renamed so training it again starts a fresh run."""
+    data = yaml.safe_load(_read(f"{best.run_dir}/{CONFIG_FILE}"))
+    data["run"]["name"] = f"{sweep.name}-best"
+    data["run"]["storage_path"] = sweep.base["run"]["storage_path"]
+    cfg = resolve_config(data)
+    path = f"{sweep.directory}/best_config.yaml"
+    _write(path, yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+    return path
+
+
+def plot_sweep(rows: list[TrialRow], sweep: Sweep, out: Path) -> Path:
+    """One panel per swept parameter: the metric of each trial, coloured by status."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    params = sweep.space.params
+    fig, axes = plt.subplots(1, len(params), figsize=(4.5 * len(params), 3.8), squeeze=False)
+    colours = {"completed": "tab:green", "stopped early": "tab:orange", "error": "tab:red"}
+    for ax, param in zip(axes[0], params):
+        categorical = param.kind in ("choice", "grid")
+        labels = [str(v) for v in param.values] if categorical else []
+        for status, colour in colours.items():
+            points = [(r.params[param.key], r.metric) for r in rows if r.status == status and r.metric is not None]
+            if points:
+                xs = [labels.index(str(x)) if categorical else x for x, _ in points]
+                ax.scatter(xs, [y for _, y in points], c=colour, label=status)
+        if categorical:
+            ax.set_xticks(range(len(labels)), labels, rotation=20)
+        elif param.kind == "loguniform":
+            ax.set_xscale("log")
+        ax.set_xlabel(param.key)
+        ax.set_ylabel(sweep.space.sweep.metric)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+def format_table(rows: list[TrialRow], metric: str) -> str:
+    """The trials as an aligned text table, best first."""
+    keys = list(rows[0].params) if rows else []
+    header = ["trial", *keys, metric, "steps", "status", "trainable"]
+    lines = [header]
+    for r in sorted(rows, key=lambda r: (r.metric is None, r.metric)):
+        values = [f"{v:.3g}" if isinstance(v, float) else str(v) for v in r.params.values()]
+        metric_text = f"{r.metric:.4f}" if r.metric is not None else "-"
+        lines.append([r.trial[:28], *values, metric_text, str(r.steps), r.status, str(r.trainable_params)])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in lines)
+
+
+def write_report(results: tune.ResultGrid, sweep: Sweep, max_steps: int) -> SweepReport:
+    rows = trial_rows(results, sweep, max_steps)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    keys = [p.key for p in sweep.space.params]
+    writer.writerow(["trial", *keys, sweep.space.sweep.metric, "steps", "status", "trainable_params", "checkpoint"])
+    for r in rows:
+        writer.writerow([r.trial, *(r.params[k] for k in keys), r.metric, r.steps, r.status, r.trainable_params, r.checkpoint])
+    _write(f"{sweep.directory}/trials.csv", buffer.getvalue().encode())
+
+    best = best_row(rows, sweep.space.sweep.mode)
+    best_config = write_best_config(best, sweep) if best is not None and best.run_dir else None
+    export_dir = f"{best.run_dir}/{EXPORT_DIR}" if best is not None and best.run_dir else None
+    if export_dir is not None and not _exists(export_dir):
+        export_dir = None
+
+    with tempfile.TemporaryDirectory() as tmp:
+        plot = plot_sweep(rows, sweep, Path(tmp) / "sweep.png")
+        _write(f"{sweep.directory}/sweep.png", plot.read_bytes())
+    report = SweepReport(rows=rows, best=best, best_config=best_config, export_dir=export_dir, plot=f"{sweep.directory}/sweep.png")
+    summary = {"best": asdict(best) if best else None, "best_config": best_config, "export_dir": export_dir}
+    _write(f"{sweep.directory}/summary.json", json.dumps(summary, indent=1, default=str).encode())
+    return report

@@ -1,0 +1,150 @@
+"""Run a sweep: every trial is one full distributed training run (``build_trainer``).
+
+Ray 2.60 runs Ray Train V2 inside Tune through a function trainable that builds and fits
+a ``TorchTrainer`` with ``TuneReportCallback``; ``Tuner(TorchTrainer(...))`` is refused.
+Concurrency comes from the resources a trial needs and the cluster has, so trials never
+starve one another waiting for workers; a sweep whose driver died resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from vla.config import Config, resolve_config
+from vla.train.config import TrainConfig
+from vla.train.launch import build_trainer, ensure_ray, total_steps_of
+from vla.train.storage import normalize_storage_path
+from vla.tune.space import PRESET_KEY, SearchSpace, apply_overrides
+
+log = logging.getLogger("vla.tune")
+
+TRIAL_DRIVER_CPU = 0.1  # the trial function itself only waits on its TorchTrainer
+DATA_CPU_PER_TRIAL = 1.0  # kept free for each trial's Ray Data tasks (decode, windows)
+RUNS_DIR = "runs"
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot run as asked (e.g. a trial needs more than the cluster has)."""
+
+
+@dataclass
+class Sweep:
+    name: str
+    directory: str  # storage folder of the sweep: Tune's state, trial runs, results
+    space: SearchSpace
+    base: dict[str, Any]  # the base config as a dictionary
+
+
+def trial_resources(train: TrainConfig) -> dict[str, float]:
+    """What one trial takes from the cluster: its workers, its driver and room for its data tasks."""
+    need = {"CPU": train.num_workers * train.cpus_per_worker + TRIAL_DRIVER_CPU + DATA_CPU_PER_TRIAL}
+    if train.use_gpu:
+        need["GPU"] = float(train.num_workers)
+    return need
+
+
+def concurrent_trials(need: dict[str, float], available: dict[str, float], requested: int) -> int:
+    """How many trials fit at once; a ``SweepError`` when not even one does."""
+    fits = min(math.floor(available.get(key, 0.0) / amount) for key, amount in need.items())
+    if fits < 1:
+        raise SweepError(
+            f"one trial needs {need} but the cluster has {available}: lower train.num_workers or "
+            "train.cpus_per_worker, add nodes, or set sweep.wait_for_autoscaler with "
+            "sweep.max_concurrent_trials on an autoscaling cluster"
+        )
+    return min(fits, requested) if requested else fits
+
+
+def _distribution(param) -> Any:
+    if param.kind == "loguniform":
+        return tune.loguniform(*param.values)
+    if param.kind == "uniform":
+        return tune.uniform(*param.values)
+    if param.kind == "choice":
+        return tune.choice(param.values)
+    return tune.grid_search(param.values)
+
+
+def trial_config(sweep: Sweep, sample: dict[str, Any], trial_name: str) -> Config:
+    """The full config of one trial: base + sampled overrides, its own run under the sweep."""
+    data = apply_overrides(sweep.base, sweep.space.overrides_for(sample))
+    data = apply_overrides(data, {"run.name": trial_name, "run.storage_path": f"{sweep.directory}/{RUNS_DIR}"})
+    return resolve_config(data)
+
+
+def _make_trainable(sweep: Sweep):
+    def run_trial(sample: dict[str, Any]) -> None:
+        cfg = trial_config(sweep, sample, tune.get_context().get_trial_name())
+        build_trainer(cfg, callbacks=[TuneReportCallback()]).fit()
+
+    return run_trial
+
+
+def _search_algorithm(space: SearchSpace):
+    if space.sweep.search != "optuna":
+        return None
+    try:
+        from ray.tune.search.optuna import OptunaSearch
+    except ImportError as err:
+        raise SweepError("sweep.search: optuna needs the optuna package (pip install 'vla[optuna]')") from err
+    if any(p.kind == "grid" for p in space.params):
+        raise SweepError("sweep.search: optuna cannot sample grid params; use choice instead")
+    return OptunaSearch(seed=space.sweep.seed)
+
+
+def build_tuner(sweep: Sweep) -> tune.Tuner:
+    """A new ``Tuner``, or the restored one when the sweep folder holds an interrupted sweep."""
+    settings = sweep.space.sweep
+    base_cfg = resolve_config(sweep.base)
+    need = trial_resources(base_cfg.train)
+    if settings.wait_for_autoscaler:
+        concurrency = settings.max_concurrent_trials
+    else:
+        concurrency = concurrent_trials(need, ray.cluster_resources(), settings.max_concurrent_trials)
+    trainable = tune.with_resources(_make_trainable(sweep), {"CPU": TRIAL_DRIVER_CPU})
+    if tune.Tuner.can_restore(sweep.directory):
+        log.info("resuming the sweep in %s", sweep.directory)
+        return tune.Tuner.restore(sweep.directory, trainable, resume_errored=True)
+
+    scheduler = None
+    if settings.scheduler == "asha":
+        scheduler = tune.schedulers.ASHAScheduler(
+            time_attr="step",
+            max_t=total_steps_of(base_cfg),
+            grace_period=settings.grace_period,
+            reduction_factor=settings.reduction_factor,
+        )
+    log.info("sweep %s: up to %d concurrent trial(s), each needing %s", sweep.name, concurrency, need)
+    return tune.Tuner(
+        trainable,
+        param_space={p.key: _distribution(p) for p in sweep.space.params},
+        tune_config=tune.TuneConfig(
+            metric=settings.metric,
+            mode=settings.mode,
+            num_samples=settings.num_trials,
+            max_concurrent_trials=concurrency,
+            scheduler=scheduler,
+            search_alg=_search_algorithm(sweep.space),
+        ),
+        run_config=tune.RunConfig(name=sweep.name, storage_path=sweep.directory.rsplit("/", 1)[0]),
+    )
+
+
+def make_sweep(name: str, space: SearchSpace, base_cfg: Config) -> Sweep:
+    storage = normalize_storage_path(base_cfg.run.storage_path)
+    return Sweep(name=name, directory=f"{storage.rstrip('/')}/{name}", space=space, base=base_cfg.to_dict())
+
+
+def run_sweep(sweep: Sweep) -> tune.ResultGrid:
+    """Run (or resume) the sweep to the end; the caller writes the report."""
+    ensure_ray()
+    if PRESET_KEY in {p.key for p in sweep.space.params}:
+        log.info("presets: %s", ", ".join(sweep.space.presets))
+    return build_tuner(sweep).fit()
