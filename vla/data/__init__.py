@@ -1,0 +1,29 @@
+"""Parquet episode format, writer, converters, statistics, normalization, validation, and the
+Ray Data window pipeline. See docs/data.md."""
+
+from vla.data.config import DataConfig
+from vla.data.episodes import Episode, Problem
+from vla.data.metadata import ActionStats, DataError, DatasetMetadata, load_metadata
+from vla.data.pipeline import build_window_dataset, count_windows, iter_batches
+from vla.data.stats import ActionNormalizer, compute_action_stats
+from vla.data.validate import validate_dataset
+from vla.data.writer import EpisodeWriter, merge_datasets, write_dataset
+
+__all__ = [
+    "ActionNormalizer",
+    "ActionStats",
+    "DataConfig",
+    "DataError",
+    "DatasetMetadata",
+    "Episode",
+    "EpisodeWriter",
+    "Problem",
+    "build_window_dataset",
+    "compute_action_stats",
+    "count_windows",
+    "iter_batches",
+    "load_metadata",
+    "merge_datasets",
+    "validate_dataset",
+    "write_dataset",
+]

@@ -1,0 +1,1 @@
+"""Converters into the Parquet episode format: ``calvin``, ``synthetic``, ``lerobot``."""

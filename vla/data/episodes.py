@@ -1,0 +1,116 @@
+"""Episodes in memory: the ``Episode`` a converter writes, image coding, and the checks every
+stored episode must pass (shared by the writer, the training pipeline and ``validate``)."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from vla.data.metadata import ACTION_DIM, GRIPPER_DIM, image_column
+
+
+@dataclass
+class Episode:
+    """One demonstration of ``S`` steps, as a converter hands it to ``EpisodeWriter.write``."""
+
+    instruction: str
+    actions: np.ndarray  # [S, 7] float; dims 0-5 pose, dim 6 gripper in {-1, +1}
+    images: dict[str, np.ndarray]  # camera -> [S, H, W, 3] uint8
+    state: np.ndarray | None = None  # [S, D] proprio state
+    step_ids: np.ndarray | None = None  # [S] source step / frame ids (default 0..S-1)
+    episode_id: int | None = None  # default: the writer numbers episodes per split
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a dataset, located as precisely as known."""
+
+    file: str
+    message: str
+    episode: int | None = None
+    field: str | None = None
+
+    def __str__(self) -> str:
+        where = [self.file]
+        if self.episode is not None:
+            where.append(f"episode {self.episode}")
+        if self.field is not None:
+            where.append(f"field {self.field}")
+        return f"{', '.join(where)}: {self.message}"
+
+
+def encode_image(image: np.ndarray, encoding: str, jpeg_quality: int = 95) -> bytes:
+    buf = io.BytesIO()
+    if encoding == "png":
+        Image.fromarray(image).save(buf, format="PNG", compress_level=3)
+    else:
+        Image.fromarray(image).save(buf, format="JPEG", quality=jpeg_quality)
+    return buf.getvalue()
+
+
+def decode_image(data: bytes, size: int | None = None) -> np.ndarray:
+    """Encoded bytes -> ``HxWx3`` uint8 RGB, resized (bilinear) to ``size x size`` when given."""
+    with Image.open(io.BytesIO(data)) as img:
+        img = img.convert("RGB")
+        if size is not None and img.size != (size, size):
+            img = img.resize((size, size), Image.BILINEAR)
+        return np.asarray(img)
+
+
+def check_schema(schema: pa.Schema, cameras: list[str], file: str) -> list[Problem]:
+    """Columns the reader needs that are missing or of the wrong type."""
+    expected = {
+        "episode_id": pa.types.is_integer,
+        "instruction": lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+        "num_steps": pa.types.is_integer,
+        "actions": lambda t: pa.types.is_list(t) and pa.types.is_list(t.value_type)
+        and pa.types.is_floating(t.value_type.value_type),
+        **{image_column(c): lambda t: pa.types.is_list(t) and pa.types.is_binary(t.value_type) for c in cameras},
+    }
+    problems = []
+    for name, ok in expected.items():
+        index = schema.get_field_index(name)
+        if index < 0:
+            problems.append(Problem(file, "column is missing", field=name))
+        elif not ok(schema.field(index).type):
+            problems.append(Problem(file, f"column has the wrong type {schema.field(index).type}", field=name))
+    return problems
+
+
+def row_problems(row: dict, cameras: list[str], file: str) -> list[Problem]:
+    """Structural problems of one stored episode row (lengths, action values); images not decoded."""
+    episode, steps = row["episode_id"], row["num_steps"]
+    problems = []
+
+    def bad(field: str, message: str) -> None:
+        problems.append(Problem(file, message, episode=episode, field=field))
+
+    if not steps or steps < 1:
+        bad("num_steps", f"an episode needs at least one step, got {steps}")
+        return problems
+    actions = row["actions"] or []
+    if len(actions) != steps:
+        bad("actions", f"{len(actions)} actions for {steps} steps")
+    for i, action in enumerate(actions):
+        if action is None or len(action) != ACTION_DIM:
+            bad(f"actions[{i}]", f"action has length {0 if action is None else len(action)}, expected {ACTION_DIM}")
+            continue
+        values = np.asarray(action, np.float64)
+        if not np.isfinite(values).all():
+            bad(f"actions[{i}]", f"action is not finite: {values.tolist()}")
+        elif values[GRIPPER_DIM] not in (-1.0, 1.0):
+            bad(f"actions[{i}]", f"gripper must be -1 (close) or +1 (open), got {values[GRIPPER_DIM]}")
+    for camera in cameras:
+        frames = row.get(image_column(camera)) or []
+        if len(frames) != steps:
+            bad(image_column(camera), f"{len(frames)} frames for {steps} steps")
+    return problems
+
+
+def row_actions(row: dict) -> np.ndarray:
+    """The ``[S, 7]`` float32 actions of a row that passed ``row_problems``."""
+    return np.asarray(row["actions"], np.float32).reshape(-1, ACTION_DIM)

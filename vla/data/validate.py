@@ -1,0 +1,105 @@
+"""``validate_dataset(root)``: check a whole dataset and report every problem, not just the first.
+
+Checked: metadata.json (present, parseable, counts, statistics finite), every shard (listed
+and present, readable, columns and types, unlisted extra shards), every episode (step
+counts, action length, finite actions, gripper in {-1, +1}, one frame per step and camera)
+and every frame (decodes, has the size in the metadata). Reads one row group at a time.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+from tqdm import tqdm
+
+from vla.data.episodes import Problem, check_schema, decode_image, row_problems
+from vla.data.metadata import METADATA_FILE, DataError, DatasetMetadata, image_column, load_metadata, open_root
+from vla.data.pipeline import episode_columns
+
+
+def validate_dataset(root: str, *, decode_images: bool = True) -> list[Problem]:
+    """Every problem of the dataset at ``root`` (an empty list: the dataset is usable)."""
+    try:
+        meta = load_metadata(root)
+    except DataError as err:
+        return [Problem(METADATA_FILE, str(err))]
+    problems = _metadata_problems(meta)
+    fs, path = open_root(root)
+    for name, split in meta.splits.items():
+        listed = {s.file for s in split.shards}
+        on_disk = pafs.FileSelector(f"{path}/{name}", allow_not_found=True)
+        for info in fs.get_file_info(on_disk):
+            file = f"{name}/{info.base_name}"
+            if info.base_name.endswith(".parquet") and file not in listed:
+                problems.append(Problem(file, "shard is not listed in metadata.json (its episodes are never read)"))
+        for shard in tqdm(split.shards, desc=f"validate {name}", unit="shard", leave=False):
+            found, shard_problems = _shard_problems(fs, path, shard.file, meta, decode_images)
+            problems += shard_problems
+            if found is not None and found != shard.episodes:
+                problems.append(Problem(shard.file, f"holds {found} episodes, metadata.json says {shard.episodes}"))
+    return problems
+
+
+def _metadata_problems(meta: DatasetMetadata) -> list[Problem]:
+    problems = []
+    if not meta.splits or all(s.episodes == 0 for s in meta.splits.values()):
+        problems.append(Problem(METADATA_FILE, "the dataset is empty (no episodes in any split)"))
+    for name, split in meta.splits.items():
+        if split.episodes != sum(s.episodes for s in split.shards):
+            problems.append(Problem(METADATA_FILE, f"split {name}: {split.episodes} episodes but its shards "
+                                    f"list {sum(s.episodes for s in split.shards)}", field="episodes"))
+        stats = split.action_stats
+        if split.episodes and stats is None:
+            problems.append(Problem(METADATA_FILE, f"split {name} has no action statistics", field="action_stats"))
+        elif stats is not None:
+            values = [v for key in ("min", "max", "mean", "std", "q01", "q99") for v in getattr(stats, key)]
+            if not all(math.isfinite(v) for v in values):
+                problems.append(Problem(METADATA_FILE, f"split {name}: action statistics are not finite",
+                                        field="action_stats"))
+    return problems
+
+
+def _shard_problems(fs, path: str, file: str, meta: DatasetMetadata, decode: bool) -> tuple[int | None, list[Problem]]:
+    cameras = list(meta.cameras)
+    try:
+        handle = fs.open_input_file(f"{path}/{file}")
+        parquet = pq.ParquetFile(handle)
+    except FileNotFoundError:
+        return None, [Problem(file, "shard listed in metadata.json is missing")]
+    except (OSError, ValueError) as err:
+        return None, [Problem(file, f"shard cannot be read: {err}")]
+    with handle:
+        problems = check_schema(parquet.schema_arrow, cameras, file)
+        if problems:
+            return parquet.metadata.num_rows, problems
+        episodes = 0
+        for group in range(parquet.num_row_groups):
+            try:
+                rows = parquet.read_row_group(group, columns=episode_columns(cameras)).to_pylist()
+            except (OSError, ValueError) as err:
+                problems.append(Problem(file, f"row group {group} cannot be read: {err}"))
+                continue
+            for row in rows:
+                episodes += 1
+                problems += row_problems(row, cameras, file)
+                if decode:
+                    problems += _image_problems(row, meta, file)
+    return episodes, problems
+
+
+def _image_problems(row: dict, meta: DatasetMetadata, file: str) -> list[Problem]:
+    problems = []
+    for camera, info in meta.cameras.items():
+        for step, data in enumerate(row[image_column(camera)] or []):
+            field = f"{image_column(camera)}[{step}]"
+            try:
+                shape = decode_image(data).shape
+            except Exception as err:  # PIL raises many kinds for corrupt bytes
+                problems.append(Problem(file, f"image does not decode: {err}", row["episode_id"], field))
+                continue
+            if shape[:2] != (info.height, info.width):
+                problems.append(Problem(file, f"image is {shape[0]}x{shape[1]}, metadata.json says "
+                                        f"{info.height}x{info.width}", row["episode_id"], field))
+    return problems
