@@ -53,14 +53,13 @@ def main(argv: list[str] | None = None) -> int:
         print(yaml.safe_dump(resolved, sort_keys=False))
         return 0
 
-    from vla.train.launch import total_steps_of  # imports Ray and torch: not needed for --dry-run
-    from vla.tune.report import format_table, write_report
+    from vla.tune.report import format_table, write_report  # import Ray and torch: not for --dry-run
     from vla.tune.runner import make_sweep, run_sweep
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     sweep = make_sweep(name, space, cfg)
     results = run_sweep(sweep)
-    report = write_report(results, sweep, total_steps_of(cfg))
+    report = write_report(results, sweep)
     print(format_table(report.rows, space.sweep.metric))
     print(f"sweep folder: {sweep.directory}")
     print(f"best config:  {report.best_config}")

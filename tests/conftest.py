@@ -29,3 +29,34 @@ def ray_session(tmp_path_factory):
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory) -> str:
+    """A small synthetic dataset (train + val splits) written once per test session."""
+    from vla.data.converters.synthetic import convert_synthetic
+
+    root = str(tmp_path_factory.mktemp("synthetic"))
+    convert_synthetic(root, episodes=12, val_episodes=4, image_size=32, seed=0)
+    return root
+
+
+def tiny_run_overrides(data_root: str, storage: str, name: str) -> list[str]:
+    """Overrides for a tiny, fast distributed run on the synthetic dataset."""
+    return [
+        f"data.path={data_root}",
+        f"run.storage_path={storage}",
+        f"run.name={name}",
+        "run.wandb_mode=offline",
+        "model.tiny_hidden_size=32",
+        "model.tiny_num_layers=1",
+        "model.window_size=2",
+        "model.head_hidden_size=32",
+        "model.head_num_layers=1",
+        "data.batch_size=4",
+        "data.shuffle_buffer=16",
+        "train.num_workers=2",
+        "train.lr=1e-3",
+        "train.log_every=1",
+        "train.val_batches=2",
+    ]

@@ -42,6 +42,28 @@ class TrainState:
     samples_seen: int = 0  # windows seen by all ranks together
 
 
+def _local(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+@torch.no_grad()
+def state_fingerprint(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
+    """A sum over every parameter and optimizer-state element (all ranks): equal states, equal sums.
+
+    Logged at each save and each resume so a resumed run can be checked to continue from
+    exactly the state that was saved.
+    """
+    total = torch.zeros((), dtype=torch.float64)
+    for param in model.parameters():
+        total += _local(param).detach().double().abs().sum().cpu()
+    for state in optimizer.state.values():
+        for value in state.values():
+            if torch.is_tensor(value):
+                total += _local(value).double().abs().sum().cpu()
+    dist.all_reduce(total)
+    return float(total)
+
+
 def _rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():

@@ -40,7 +40,7 @@ class TrainConfig:
     # waiting forever; -1 waits forever (an autoscaling cluster still booting GPU nodes).
     worker_start_retries: int = 2
     seed: int = 0
-    # Fault injection, to exercise restarts: raise once at this step unless resumed (0: off)
+    # Fault injection, to exercise restarts: raise once per run at this step (0: off)
     inject_failure_at_step: int = 0
 
     def validate(self) -> None:

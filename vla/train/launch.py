@@ -6,8 +6,11 @@ with the same ``run.name`` and ``run.storage_path`` resumes from the run's lates
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
+import os
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +24,8 @@ from ray.train import UserCallback
 from vla.config import Config
 from vla.configuration import ConfigError, save_yaml, to_dict
 from vla.data import ActionNormalizer, DatasetMetadata, build_window_dataset, load_metadata
+from vla.data.converters.synthetic import convert_synthetic
+from vla.data.metadata import METADATA_FILE
 from vla.model import build_tokenizer
 from vla.train.loop import EXPORT_DIR, NORMALIZATION_FILE, train_loop_per_worker
 from vla.train.storage import is_uri, normalize_storage_path, run_path, upload
@@ -70,6 +75,20 @@ def total_steps_of(cfg: Config) -> int:
     return total_steps(cfg, count_windows(load_metadata(cfg.data.path), cfg))
 
 
+DEMO_DATA_DIR = "~/.cache/vla/synthetic"
+
+
+def with_demo_data(cfg: Config) -> Config:
+    """An empty ``data.path`` means the demo: the synthetic task, generated once into a cache."""
+    if cfg.data.path:
+        return cfg
+    root = os.path.expanduser(f"{DEMO_DATA_DIR}-{cfg.model.image_size}px")
+    if not os.path.isfile(os.path.join(root, METADATA_FILE)):
+        log.info("generating the synthetic demo dataset into %s", root)
+        convert_synthetic(root, image_size=cfg.model.image_size)
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=root))
+
+
 def ensure_ray() -> None:
     """Join the cluster at ``RAY_ADDRESS`` if there is one, else start a local Ray instance."""
     if not ray.is_initialized():
@@ -98,7 +117,7 @@ def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = ()) -> TorchT
     """Everything Ray Train needs, built and checked on the driver before any worker starts."""
     metadata = load_metadata(cfg.data.path)
     normalizer = ActionNormalizer.from_metadata(metadata, cfg.data)
-    normalization_json = normalizer.to_json()
+    normalization_json = json.dumps(normalizer.to_dict(), indent=1)
     storage_path = normalize_storage_path(cfg.run.storage_path)
     run_dir = run_path(storage_path, cfg.run.name)
     write_run_files(run_dir, cfg, normalization_json)
@@ -151,6 +170,7 @@ def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = ()) -> TorchT
 def run_training(cfg: Config) -> TrainingResult:
     """Train ``cfg`` to the end (or resume it there) and say where everything went."""
     ensure_ray()
+    cfg = with_demo_data(cfg)
     trainer = build_trainer(cfg)
     result = trainer.fit()
     run_dir = run_path(cfg.run.storage_path, cfg.run.name)

@@ -24,11 +24,11 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from vla.config import Config, resolve_config
 from vla.data import iter_batches
 from vla.model import build_model, count_parameters, save_export
-from vla.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from vla.train.checkpoint import TrainState, load_checkpoint, save_checkpoint, state_fingerprint
 from vla.train.parallelize import parallelize
 from vla.train.progress import RunLogger, StepTimer
 from vla.train.schedule import build_scheduler
-from vla.train.storage import is_uri, upload
+from vla.train.storage import exists, is_uri, upload, write_bytes
 
 log = logging.getLogger("vla.train")
 
@@ -38,6 +38,17 @@ NORMALIZATION_FILE = "normalization.json"
 
 class InjectedFailure(RuntimeError):
     """Raised by ``train.inject_failure_at_step`` to exercise worker-group restarts."""
+
+
+def maybe_inject_failure(step: int, inject_at: int, run_dir: str) -> None:
+    """Raise once per run at step ``inject_at``; a marker in the run folder makes it once."""
+    marker = f"{run_dir}/injected_failure_step{inject_at}"
+    if inject_at and step == inject_at and not exists(marker):
+        dist.barrier()
+        if dist.get_rank() == 0:
+            write_bytes(marker, b"")
+        dist.barrier()
+        raise InjectedFailure(f"train.inject_failure_at_step={step} on rank {dist.get_rank()}")
 
 
 def seed_everything(seed: int) -> None:
@@ -78,7 +89,7 @@ def validate(model: torch.nn.Module, val_shard, cfg: Config, device: torch.devic
     model.eval()
     sums: dict[str, float] = {}
     count = 0
-    batches = iter_batches(val_shard, cfg.data, epoch=0, train=False)
+    batches = iter_batches(val_shard, cfg.data, epoch=0)
     for batch in synced(batches, device):
         metrics = forward_loss(model, to_device(batch, device))
         for key, value in metrics.items():
@@ -103,7 +114,12 @@ def export_policy(model: torch.nn.Module, run_dir: str, normalization_json: str)
     return destination
 
 
-def _checkpoint_and_report(model, optimizer, scheduler, state: TrainState, metrics: dict[str, float]) -> None:
+def _checkpoint_and_report(
+    model, optimizer, scheduler, state: TrainState, metrics: dict[str, float], logger: RunLogger | None
+) -> None:
+    fingerprint = state_fingerprint(model, optimizer)
+    if logger is not None:
+        logger.log(state.step, {"checkpoint_fingerprint": fingerprint})
     with tempfile.TemporaryDirectory(prefix="vla_ckpt_") as tmp:
         save_checkpoint(Path(tmp), model, optimizer, scheduler, state)
         ray.train.report(
@@ -140,10 +156,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         with resumed.as_directory() as directory:
             state = load_checkpoint(Path(directory), model, optimizer, scheduler)
     seed_everything(tcfg.seed + 1000 * rank + state.step)
+    fingerprint = state_fingerprint(model, optimizer) if resumed is not None else None
 
     logger = None
     if rank == 0:
         logger = RunLogger(run_dir, cfg.run.name, cfg.run.wandb_project, cfg.run.wandb_mode, cfg.to_dict())
+        if fingerprint is not None:
+            logger.log(state.step, {"resumed_fingerprint": fingerprint})
         log.info(
             "%s at step %d of %d on %d %s worker(s): %d of %d parameters trainable",
             "resuming" if resumed is not None else "starting", state.step, total_steps, world_size,
@@ -154,7 +173,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     train_shard = ray.train.get_dataset_shard(cfg.data.train_split)
     val_shard = ray.train.get_dataset_shard(cfg.data.val_split) if tcfg.val_every else None
-    fresh_start = resumed is None
     timer = StepTimer()
     last_val: dict[str, float] = {}
     window_metrics: dict[str, float] = {}
@@ -163,7 +181,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model.train()
 
     while state.step < total_steps and state.epoch < tcfg.epochs:
-        batches = iter_batches(train_shard, cfg.data, epoch=state.epoch, train=True)
+        batches = iter_batches(train_shard, cfg.data, epoch=state.epoch)
         for _ in range(state.batch_in_epoch):
             next(batches, None)
         for batch in synced(batches, device):
@@ -186,8 +204,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             scheduler.step()
             state.step += 1
             timer.step_done()
-            if tcfg.inject_failure_at_step and state.step == tcfg.inject_failure_at_step and fresh_start:
-                raise InjectedFailure(f"train.inject_failure_at_step={state.step} on rank {rank}")
+            maybe_inject_failure(state.step, tcfg.inject_failure_at_step, run_dir)
 
             window_metrics = {k: float(v) for k, v in metrics.items()}
             window_metrics["lr"] = scheduler.get_last_lr()[0]
@@ -207,7 +224,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             report.update(last_val)
             is_checkpoint_step = tcfg.checkpoint_every and state.step % tcfg.checkpoint_every == 0
             if is_checkpoint_step or state.step == total_steps:
-                _checkpoint_and_report(model, optimizer, scheduler, state, report)
+                _checkpoint_and_report(model, optimizer, scheduler, state, report, logger)
                 last_checkpoint_step = state.step
                 if logger is not None:
                     logger.sync()
@@ -221,7 +238,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     if last_checkpoint_step != state.step and state.step < total_steps:
         report = {"step": state.step, "epoch": state.epoch, **base_metrics, **window_metrics, **last_val}
-        _checkpoint_and_report(model, optimizer, scheduler, state, report)
+        _checkpoint_and_report(model, optimizer, scheduler, state, report, logger)
     if cfg.run.export:
         destination = export_policy(model, run_dir, loop_config["normalization_json"])
         if destination is not None:

@@ -17,15 +17,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import pyarrow.fs as pafs
 import yaml
 from ray import tune
 
 from vla.config import resolve_config
 from vla.configuration import to_dict
-from vla.train.launch import CONFIG_FILE
+from vla.train.launch import CONFIG_FILE, total_steps_of
 from vla.train.loop import EXPORT_DIR
-from vla.train.storage import is_uri
+from vla.train.storage import exists, read_bytes, write_bytes
 from vla.tune.runner import Sweep
 
 log = logging.getLogger("vla.tune")
@@ -50,27 +49,6 @@ class SweepReport:
     best_config: str | None
     export_dir: str | None
     plot: str | None
-
-
-def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    return pafs.FileSystem.from_uri(path) if is_uri(path) else (pafs.LocalFileSystem(), path)
-
-
-def _write(path: str, data: bytes) -> None:
-    fs, inner = _filesystem(path)
-    with fs.open_output_stream(inner) as out:
-        out.write(data)
-
-
-def _read(path: str) -> bytes:
-    fs, inner = _filesystem(path)
-    with fs.open_input_stream(inner) as stream:
-        return stream.read()
-
-
-def _exists(path: str) -> bool:
-    fs, inner = _filesystem(path)
-    return fs.get_file_info(inner).type != pafs.FileType.NotFound
 
 
 def trial_rows(results: tune.ResultGrid, sweep: Sweep, max_steps: int) -> list[TrialRow]:
@@ -108,12 +86,12 @@ def best_row(rows: list[TrialRow], mode: str) -> TrialRow | None:
 
 def write_best_config(best: TrialRow, sweep: Sweep) -> str:
     """The best trial's resolved config, renamed so training it again starts a fresh run."""
-    data = yaml.safe_load(_read(f"{best.run_dir}/{CONFIG_FILE}"))
+    data = yaml.safe_load(read_bytes(f"{best.run_dir}/{CONFIG_FILE}"))
     data["run"]["name"] = f"{sweep.name}-best"
     data["run"]["storage_path"] = sweep.base["run"]["storage_path"]
     cfg = resolve_config(data)
     path = f"{sweep.directory}/best_config.yaml"
-    _write(path, yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
+    write_bytes(path, yaml.safe_dump(to_dict(cfg), sort_keys=False).encode())
     return path
 
 
@@ -162,26 +140,26 @@ def format_table(rows: list[TrialRow], metric: str) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in lines)
 
 
-def write_report(results: tune.ResultGrid, sweep: Sweep, max_steps: int) -> SweepReport:
-    rows = trial_rows(results, sweep, max_steps)
+def write_report(results: tune.ResultGrid, sweep: Sweep) -> SweepReport:
+    rows = trial_rows(results, sweep, total_steps_of(resolve_config(sweep.base)))
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     keys = [p.key for p in sweep.space.params]
     writer.writerow(["trial", *keys, sweep.space.sweep.metric, "steps", "status", "trainable_params", "checkpoint"])
     for r in rows:
         writer.writerow([r.trial, *(r.params[k] for k in keys), r.metric, r.steps, r.status, r.trainable_params, r.checkpoint])
-    _write(f"{sweep.directory}/trials.csv", buffer.getvalue().encode())
+    write_bytes(f"{sweep.directory}/trials.csv", buffer.getvalue().encode())
 
     best = best_row(rows, sweep.space.sweep.mode)
     best_config = write_best_config(best, sweep) if best is not None and best.run_dir else None
     export_dir = f"{best.run_dir}/{EXPORT_DIR}" if best is not None and best.run_dir else None
-    if export_dir is not None and not _exists(export_dir):
+    if export_dir is not None and not exists(export_dir):
         export_dir = None
 
     with tempfile.TemporaryDirectory() as tmp:
         plot = plot_sweep(rows, sweep, Path(tmp) / "sweep.png")
-        _write(f"{sweep.directory}/sweep.png", plot.read_bytes())
+        write_bytes(f"{sweep.directory}/sweep.png", plot.read_bytes())
     report = SweepReport(rows=rows, best=best, best_config=best_config, export_dir=export_dir, plot=f"{sweep.directory}/sweep.png")
     summary = {"best": asdict(best) if best else None, "best_config": best_config, "export_dir": export_dir}
-    _write(f"{sweep.directory}/summary.json", json.dumps(summary, indent=1, default=str).encode())
+    write_bytes(f"{sweep.directory}/summary.json", json.dumps(summary, indent=1, default=str).encode())
     return report

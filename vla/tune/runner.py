@@ -19,7 +19,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from vla.config import Config, resolve_config
 from vla.train.config import TrainConfig
-from vla.train.launch import build_trainer, ensure_ray, total_steps_of
+from vla.train.launch import build_trainer, ensure_ray, total_steps_of, with_demo_data
 from vla.train.storage import normalize_storage_path
 from vla.tune.space import PRESET_KEY, SearchSpace, apply_overrides
 
@@ -138,6 +138,8 @@ def build_tuner(sweep: Sweep) -> tune.Tuner:
 
 
 def make_sweep(name: str, space: SearchSpace, base_cfg: Config) -> Sweep:
+    """The sweep ``name`` under ``run.storage_path`` (the demo dataset generated if asked for)."""
+    base_cfg = with_demo_data(base_cfg)
     storage = normalize_storage_path(base_cfg.run.storage_path)
     return Sweep(name=name, directory=f"{storage.rstrip('/')}/{name}", space=space, base=base_cfg.to_dict())
 

@@ -1,0 +1,92 @@
+"""Distributed training on a real local Ray cluster: 2 CPU workers, FSDP2 over gloo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed.checkpoint as dcp
+
+from tests.conftest import tiny_run_overrides
+from vla.config import load_config
+from vla.model import ActionStepper, build_model, load_export
+from vla.train.checkpoint import TRAIN_STATE_FILE, CheckpointError, read_train_state
+from vla.train.launch import run_training
+from vla.train.progress import read_metrics
+from vla.train.schedule import lr_factor
+
+TOTAL_STEPS = 16
+
+
+def records(run_dir: str, key: str) -> list[tuple[int, float]]:
+    return [(r["step"], r[key]) for r in read_metrics(Path(run_dir) / "metrics.jsonl") if key in r]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_fsdp_training_resumes_after_kill_and_retries_a_failed_worker_group(ray_session, synthetic_root, tmp_path):
+    base = tiny_run_overrides(synthetic_root, str(tmp_path), "fsdp")
+    base += [f"train.max_steps={TOTAL_STEPS}", "train.checkpoint_every=4", "train.val_every=8", "train.warmup_steps=2"]
+
+    # 1. The run dies at step 6 with no retry allowed: the last checkpoint is step 4.
+    with pytest.raises(Exception, match="inject_failure_at_step=6"):
+        run_training(load_config(None, [*base, "train.inject_failure_at_step=6", "train.max_failures=0"]))
+
+    # 2. Re-running the same name resumes at step 4; a failure injected at step 10 is retried
+    #    by Ray Train from the step-8 checkpoint, and the run finishes.
+    result = run_training(load_config(None, [*base, "train.inject_failure_at_step=10", "train.max_failures=1"]))
+    run_dir = result.run_dir
+    assert result.metrics["step"] == TOTAL_STEPS
+
+    saved = dict(records(run_dir, "checkpoint_fingerprint"))
+    resumed = records(run_dir, "resumed_fingerprint")
+    assert [step for step, _ in resumed] == [4, 8]
+    for step, fingerprint in resumed:
+        assert fingerprint == saved[step], f"state restored at step {step} differs from the state saved"
+
+    # The schedule continued: every logged lr is the one warmup + cosine gives at that step.
+    lrs = records(run_dir, "lr")
+    assert {step for step, _ in lrs} == set(range(1, TOTAL_STEPS + 1))
+    for step, lr in lrs:
+        expected = 1e-3 * lr_factor(step - 1, warmup_steps=2, total_steps=TOTAL_STEPS, min_ratio=0.0)
+        assert lr == pytest.approx(expected, rel=1e-6)
+
+    # It learned: the loss of the last steps is below that of the first.
+    losses = dict(records(run_dir, "loss"))
+    assert sum(losses[s] for s in (13, 14, 15, 16)) < sum(losses[s] for s in (1, 2, 3, 4))
+    assert records(run_dir, "val_loss"), "validation ran"
+
+    # The parameters really are sharded: rank 0 holds about half of them.
+    share = result.metrics["local_param_numel"] / result.metrics["total_params"]
+    assert 0.4 < share < 0.6
+
+    # The checkpoint is complete and keeps only the last two.
+    checkpoint = Path(result.checkpoint)
+    assert read_train_state(checkpoint)["train_state"]["step"] == TOTAL_STEPS
+    assert len(list(Path(run_dir).glob("checkpoint_step*"))) == 2
+    assert (Path(run_dir) / "config.yaml").is_file() and (Path(run_dir) / "metrics.png").is_file()
+
+    # The export (no Ray, no FSDP) acts exactly like the final sharded checkpoint.
+    exported, model_cfg = load_export(result.export_dir)
+    reference = build_model(model_cfg)
+    state = {"model": reference.state_dict()}
+    dcp.load(state, checkpoint_id=str(checkpoint))
+    reference.load_state_dict(state["model"])
+    exported.eval(), reference.eval()
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (3, 2, 3, 32, 32), dtype=torch.uint8)
+    input_ids = torch.randint(3, 100, (3, 6))
+    mask = torch.ones_like(input_ids)
+    actions = [ActionStepper(m).step(images, input_ids, mask) for m in (exported, reference)]
+    torch.testing.assert_close(actions[0], actions[1], rtol=0, atol=0)
+    assert json.loads((Path(result.export_dir) / "normalization.json").read_text())
+
+
+def test_an_incomplete_checkpoint_is_refused(tmp_path):
+    (tmp_path / ".metadata").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="incomplete"):
+        read_train_state(tmp_path)
+    (tmp_path / TRAIN_STATE_FILE).write_text(json.dumps({"train_state": {"step": 3}}))
+    assert read_train_state(tmp_path)["train_state"]["step"] == 3
