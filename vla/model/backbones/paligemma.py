@@ -18,6 +18,12 @@ class PaliGemmaBackbone(Backbone):
     def __init__(self, vlm: PaliGemmaForConditionalGeneration, image_mean, image_std):
         super().__init__(vlm, image_mean, image_std)
         self.model = vlm.model  # vision tower, projector, LM body; the LM output head is left behind
+        # PaliGemma's Gemma attends bidirectionally by default (and then over padding too).
+        # Run it causally like every other family: the action token reads all before it.
+        self.text_config.use_bidirectional_attention = False
+        for module in self.model.language_model.modules():
+            if hasattr(module, "is_causal"):  # attention layers read the flag once, when built
+                module.is_causal = True
 
     def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.language_model.embed_tokens(input_ids)
