@@ -129,8 +129,8 @@ def build_window_dataset(data_cfg: DataConfig, split: str, *, window_size: int, 
                                    image_size=image_size, tokenizer=load_tokenizer(tokenizer_dir), train=train)
     fs, _ = open_root(data_cfg.path)
     shuffle = ray.data.FileShuffleConfig(seed=data_cfg.seed, reseed_after_execution=True) if train else None
-    ds = ray.data.read_parquet(files, filesystem=fs, columns=episode_columns(data_cfg.cameras),
-                               include_paths=True, shuffle=shuffle)
+    ds = ray.data.read_parquet(files, filesystem=fs, include_paths=True, shuffle=shuffle)
+    ds = ds.select_columns([*episode_columns(data_cfg.cameras), "path"])  # pushed down into the read
     return ds.map_batches(transform, batch_format="pyarrow", batch_size=1, zero_copy_batch=True)
 
 

@@ -34,7 +34,8 @@ def read_annotations(split_dir: Path) -> list[tuple[str, int, int]]:
     if not file.is_file():
         raise DataError(f"{file}: not found (CALVIN keeps the language annotations there)")
     try:
-        ann = np.load(file, allow_pickle=True).item()
+        ann = np.load(file, allow_pickle=True)
+        ann = ann.item() if isinstance(ann, np.ndarray) else ann  # np.save wraps the dict in a 0-d array
         texts, spans = ann["language"]["ann"], ann["info"]["indx"]
     except (OSError, ValueError, KeyError, AttributeError) as err:
         raise DataError(f"{file}: not a CALVIN annotation file ({type(err).__name__}: {err})") from None
