@@ -34,9 +34,9 @@ def test_two_train_workers_get_batches_of_the_right_shapes(ray_session, syntheti
 
         rank = ray.train.get_context().get_world_rank()
         seen = {}
-        for split in ("train", "val"):
+        for split, epochs in (("train", 2), ("val", 1)):
             windows = 0
-            for epoch in range(2):
+            for epoch in range(epochs):
                 for batch in iter_batches(ray.train.get_dataset_shard(split), config["data"], epoch=epoch):
                     b = len(batch["images"])
                     assert 1 <= b <= 4
@@ -58,6 +58,7 @@ def test_two_train_workers_get_batches_of_the_right_shapes(ray_session, syntheti
     )
     trainer.fit()
     seen = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
-    for split in ("train", "val"):
-        assert all(s[split] > 0 for s in seen)
-        assert sum(s[split] for s in seen) == 2 * count_windows(cfg, split)  # 2 epochs, split between ranks
+    for split, epochs in (("train", 2), ("val", 1)):
+        # Ray Train splits each epoch equally between the ranks (dropping at most one window per rank)
+        assert seen[0][split] == seen[1][split] > 0
+        assert epochs * (count_windows(cfg, split) - 1) <= sum(s[split] for s in seen) <= epochs * count_windows(cfg, split)
