@@ -17,7 +17,6 @@ A converter is a few lines::
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -36,12 +35,11 @@ from vla.data.metadata import (
     SplitInfo,
     episode_schema,
     image_column,
+    load_metadata,
     open_root,
     save_metadata,
 )
 from vla.data.stats import compute_action_stats
-
-log = logging.getLogger(__name__)
 
 DEFAULT_SHARD_BYTES = 256 << 20
 ROW_GROUP_BYTES = 32 << 20
@@ -210,8 +208,6 @@ def add_action_stats(root: str, meta: DatasetMetadata) -> None:
 def merge_datasets(root: str, parts: list[str]) -> DatasetMetadata:
     """Move the shards of the partial datasets ``parts`` (written with ``compute_stats=False``)
     into ``root`` under consecutive names, then write the combined ``metadata.json``."""
-    from vla.data.metadata import load_metadata
-
     fs, path = open_root(root)
     merged: DatasetMetadata | None = None
     for part in parts:
