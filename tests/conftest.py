@@ -41,8 +41,13 @@ def synthetic_root(tmp_path_factory) -> str:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_run(synthetic_root):
+    """``tiny_run(storage, name)``: overrides for a tiny, fast 2-worker run on the synthetic dataset."""
+    return lambda storage, name: tiny_run_overrides(synthetic_root, str(storage), name)
+
+
 def tiny_run_overrides(data_root: str, storage: str, name: str) -> list[str]:
-    """Overrides for a tiny, fast distributed run on the synthetic dataset."""
     return [
         f"data.path={data_root}",
         f"run.storage_path={storage}",

@@ -11,7 +11,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.conftest import tiny_run_overrides
 
 ROOT = Path(__file__).resolve().parents[2]
 GCS_PORT = 6391
@@ -46,7 +45,7 @@ def submit(ray: list[str], args: list[str], env: dict[str, str]) -> subprocess.C
 
 @pytest.mark.slow
 @pytest.mark.timeout(400)
-def test_ray_job_submit_runs_train_py(synthetic_root, tmp_path):
+def test_ray_job_submit_runs_train_py(tiny_run, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(RAY_AUTH_MODE="token", PATH=f"{Path(sys.executable).parent}:{env['PATH']}")
     ray = [sys.executable, "-m", "ray.scripts.scripts"]
@@ -58,7 +57,7 @@ def test_ray_job_submit_runs_train_py(synthetic_root, tmp_path):
     )
     assert start.returncode == 0, start.stderr
     try:
-        overrides = tiny_run_overrides(synthetic_root, str(tmp_path), "job") + ["train.max_steps=2"]
+        overrides = tiny_run(tmp_path, "job") + ["train.max_steps=2"]
         job = submit(
             ray,
             [f"--address=http://127.0.0.1:{DASHBOARD_PORT}", "--working-dir", str(ROOT),

@@ -25,7 +25,7 @@ from vla.config import Config, resolve_config
 from vla.data import iter_batches
 from vla.model import build_model, count_parameters, save_export
 from vla.train.checkpoint import TrainState, load_checkpoint, save_checkpoint, state_fingerprint
-from vla.train.parallelize import parallelize
+from vla.train.parallelize import parallelize, reshard
 from vla.train.progress import RunLogger, StepTimer
 from vla.train.schedule import build_scheduler
 from vla.train.storage import exists, is_uri, upload, write_bytes
@@ -97,6 +97,7 @@ def validate(model: torch.nn.Module, val_shard, cfg: Config, device: torch.devic
         count += 1
         if count >= cfg.train.val_batches:
             break
+    reshard(model)
     model.train()
     return {f"val_{key}": total / max(1, count) for key, total in sums.items()}
 
@@ -180,7 +181,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     micro = 0
     model.train()
 
-    while state.step < total_steps and state.epoch < tcfg.epochs:
+    while state.step < total_steps and (tcfg.max_steps or state.epoch < tcfg.epochs):
         batches = iter_batches(train_shard, cfg.data, epoch=state.epoch)
         for _ in range(state.batch_in_epoch):
             next(batches, None)
@@ -199,6 +200,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                 continue
 
             grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip or float("inf"))
+            lr = scheduler.get_last_lr()[0]  # the rate this step uses
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
@@ -207,7 +209,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             maybe_inject_failure(state.step, tcfg.inject_failure_at_step, run_dir)
 
             window_metrics = {k: float(v) for k, v in metrics.items()}
-            window_metrics["lr"] = scheduler.get_last_lr()[0]
+            window_metrics["lr"] = lr
             window_metrics["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
             if state.step % tcfg.log_every == 0 or state.step == total_steps:
                 window_metrics.update(timer.window(total_steps - state.step))

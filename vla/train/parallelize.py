@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.distributed._composable import checkpoint
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from vla.train.config import TrainConfig
 
@@ -57,3 +57,13 @@ def parallelize(model: nn.Module, train_cfg: TrainConfig, device: torch.device, 
     mesh = build_mesh(train_cfg, device, world_size)
     apply_fsdp(model, mesh, param_dtype_for(train_cfg, device))
     return model
+
+
+def reshard(model: nn.Module) -> None:
+    """Free the unsharded parameters a no-grad forward leaves behind (FSDP2 keeps the root's).
+
+    Call after evaluation: checkpoints and fingerprints must see the sharded parameters.
+    """
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
