@@ -1,0 +1,87 @@
+"""The step API matches the batched forward; exports and pretrained directories load back exactly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from vla.model import ActionStepper, build_model, load_export, save_export
+from vla.model.backbones import BACKBONES
+from vla.model.backbones import tiny_config as tiny_hf_config
+
+
+def _episode(make_batch, cfg, frames: int):
+    """One batch of 2 environments over ``frames`` steps (instructions of different lengths)."""
+    return make_batch(cfg, batch=2, frames=frames, seed=3)
+
+
+@pytest.mark.parametrize("head", ["lstm", "mlp"])
+def test_step_api_equals_batched_forward_also_when_sliding(make_model, make_batch, head):
+    model = make_model(head=head).eval()  # window_size 3
+    episode = _episode(make_batch, model.config, frames=6)
+    stepper = ActionStepper(model)
+    stepper.reset()
+    for k in range(6):
+        action = stepper.step(episode["images"][:, k], episode["input_ids"], episode["attention_mask"])
+        start = max(0, k - 2)  # the training window that ends at frame k
+        with torch.no_grad():
+            out = model(episode["images"][:, start : k + 1], episode["input_ids"], episode["attention_mask"])
+        expected = torch.cat([out.pose[:, -1, 0], out.gripper_logits[:, -1, :1]], dim=-1)
+        assert action.shape == (2, 7)
+        torch.testing.assert_close(action, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_reset_forgets_the_history(make_model, make_batch):
+    model = make_model().eval()
+    episode = _episode(make_batch, model.config, frames=2)
+    stepper = ActionStepper(model)
+    first = stepper.step(episode["images"][:, 0], episode["input_ids"], episode["attention_mask"])
+    stepper.step(episode["images"][:, 1], episode["input_ids"], episode["attention_mask"])
+    stepper.reset()
+    again = stepper.step(episode["images"][:, 0], episode["input_ids"], episode["attention_mask"])
+    torch.testing.assert_close(first, again)
+
+
+@pytest.mark.parametrize("options", [{"backbone": "paligemma"}, {"backbone": "kosmos2", "lora_rank": 2}],
+                         ids=["paligemma", "kosmos2-lora"])
+def test_save_then_load_gives_identical_outputs(make_model, make_batch, tokenizer, tmp_path, options):
+    model = make_model(**options).eval()
+    with torch.no_grad():
+        model.action_token.add_(1.0)  # not the initial values
+    save_export(tmp_path, model, extra_files={"normalization.json": "{}"})
+    assert {"model.safetensors", "model_config.json", "backbone_config.json", "normalization.json"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
+    loaded, cfg = load_export(tmp_path)
+    assert cfg == model.config and not loaded.training
+    batch = make_batch(model.config)
+    with torch.no_grad():
+        a = model(batch["images"], batch["input_ids"], batch["attention_mask"])
+        b = loaded(batch["images"], batch["input_ids"], batch["attention_mask"])
+    assert torch.equal(a.pose, b.pose) and torch.equal(a.gripper_logits, b.gripper_logits)
+    saved_tokenizer = AutoTokenizer.from_pretrained(tmp_path)
+    assert saved_tokenizer("pick up the red block")["input_ids"] == tokenizer("pick up the red block")["input_ids"]
+
+
+def test_from_pretrained_local_directory(tokenizer, tiny_config, make_batch, tmp_path, family):
+    """A Hugging Face directory (save_pretrained of a tiny VLM + tokenizer) loads with no network."""
+    cfg = tiny_config(**family)
+    torch.manual_seed(1)
+    vlm = BACKBONES[cfg.backbone].hf_model_class(tiny_hf_config(cfg, tokenizer))
+    vlm.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.1, 0.2, 0.3], "image_std": [0.5] * 3}))
+
+    model = build_model(tiny_config(**family, pretrained_path=str(tmp_path))).eval()
+    assert model.image_mean.flatten().tolist() == pytest.approx([0.1, 0.2, 0.3])
+    original = vlm.state_dict()
+    for name, value in model.backbone.state_dict().items():  # every weight came from the directory
+        matches = [k for k in original if k.endswith(name.split(".", 1)[1])]
+        assert any(torch.equal(original[k], value) for k in matches), name
+    batch = make_batch(model.config, batch=1)
+    with torch.no_grad():
+        out = model(batch["images"], batch["input_ids"], batch["attention_mask"])
+    assert torch.isfinite(out.pose).all()
