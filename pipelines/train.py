@@ -13,16 +13,19 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 import yaml
 
 from vla.config import load_config
 from vla.configuration import ConfigError
 
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config file (configs/NAME.yaml); defaults are the demo")
+    parser.add_argument("--config", default=str(DEMO_CONFIG), help="YAML config file (default: configs/demo.yaml)")
     parser.add_argument("--dry-run", action="store_true", help="validate and print the resolved config, start nothing")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.lr=1e-4")
     return parser.parse_args(argv)

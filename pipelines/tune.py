@@ -22,11 +22,13 @@ from vla.config import load_config
 from vla.configuration import ConfigError
 from vla.tune.space import load_space
 
+DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--space", required=True, help="search space file (tune_spaces/NAME.yaml)")
-    parser.add_argument("--config", help="base config file (configs/NAME.yaml); defaults are the demo")
+    parser.add_argument("--config", default=str(DEMO_CONFIG), help="base config file (default: configs/demo.yaml)")
     parser.add_argument("--name", help="sweep name (its folder under run.storage_path); default: the space's name")
     parser.add_argument("--dry-run", action="store_true", help="validate and print config and space, start nothing")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of the base config")

@@ -27,12 +27,11 @@ from vla.data import ActionNormalizer, DatasetMetadata, build_window_dataset, lo
 from vla.data.converters.synthetic import convert_synthetic
 from vla.data.metadata import METADATA_FILE
 from vla.model import build_tokenizer
-from vla.train.loop import EXPORT_DIR, NORMALIZATION_FILE, train_loop_per_worker
+from vla.train.loop import EXPORT_DIR, NORMALIZATION_FILE, RUN_CONFIG_FILE, train_loop_per_worker
 from vla.train.storage import is_uri, normalize_storage_path, run_path, upload
 
 log = logging.getLogger("vla.train")
 
-CONFIG_FILE = "config.yaml"
 
 
 @dataclass
@@ -98,9 +97,9 @@ def ensure_ray() -> None:
 def write_run_files(run_dir: str, cfg: Config, normalization_json: str) -> None:
     """The full resolved config and the action statistics, saved with every run."""
     with tempfile.TemporaryDirectory() as tmp:
-        save_yaml(to_dict(cfg), Path(tmp) / CONFIG_FILE)
+        save_yaml(to_dict(cfg), Path(tmp) / RUN_CONFIG_FILE)
         (Path(tmp) / NORMALIZATION_FILE).write_text(normalization_json)
-        for name in (CONFIG_FILE, NORMALIZATION_FILE):
+        for name in (RUN_CONFIG_FILE, NORMALIZATION_FILE):
             upload(Path(tmp) / name, f"{run_dir}/{name}")
 
 

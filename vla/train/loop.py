@@ -19,6 +19,7 @@ import numpy as np
 import ray.train
 import torch
 import torch.distributed as dist
+import yaml
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from vla.config import Config, resolve_config
@@ -34,6 +35,7 @@ log = logging.getLogger("vla.train")
 
 EXPORT_DIR = "export"
 NORMALIZATION_FILE = "normalization.json"
+RUN_CONFIG_FILE = "config.yaml"
 
 
 class InjectedFailure(RuntimeError):
@@ -102,14 +104,19 @@ def validate(model: torch.nn.Module, val_shard, cfg: Config, device: torch.devic
     return {f"val_{key}": total / max(1, count) for key, total in sums.items()}
 
 
-def export_policy(model: torch.nn.Module, run_dir: str, normalization_json: str) -> str | None:
-    """Gather the full state dict (a collective) and write the inference export on rank 0."""
+def export_policy(model: torch.nn.Module, cfg: Config, run_dir: str, normalization_json: str) -> str | None:
+    """Gather the full state dict (a collective) and write the inference export on rank 0.
+
+    Beside the model it holds the action statistics and the run's full config (cameras,
+    instruction length), so a policy preprocesses observations exactly as training did.
+    """
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if dist.get_rank() != 0:
         return None
     destination = f"{run_dir}/{EXPORT_DIR}"
     local = Path(tempfile.mkdtemp(prefix="vla_export_")) if is_uri(run_dir) else Path(destination)
-    save_export(local, model, state_dict=full, extra_files={NORMALIZATION_FILE: normalization_json})
+    extra = {NORMALIZATION_FILE: normalization_json, RUN_CONFIG_FILE: yaml.safe_dump(cfg.to_dict(), sort_keys=False)}
+    save_export(local, model, state_dict=full, extra_files=extra)
     if is_uri(run_dir):
         upload(local, destination)
     return destination
@@ -242,7 +249,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         report = {"step": state.step, "epoch": state.epoch, **base_metrics, **window_metrics, **last_val}
         _checkpoint_and_report(model, optimizer, scheduler, state, report, logger)
     if cfg.run.export:
-        destination = export_policy(model, run_dir, loop_config["normalization_json"])
+        destination = export_policy(model, cfg, run_dir, loop_config["normalization_json"])
         if destination is not None:
             log.info("exported the policy to %s", destination)
     if logger is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -27,6 +28,15 @@ def format_duration(seconds: float) -> str:
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def peak_memory_mb() -> float:
+    """This process's peak memory: GPU memory allocated on CUDA, else resident CPU memory."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class StepTimer:
@@ -67,6 +77,7 @@ class StepTimer:
             "compute_s": self.compute_s / max(1, self.steps),
             "step_time_s": per_step,
             "eta_s": per_step * steps_left,
+            "peak_memory_mb": peak_memory_mb(),
         }
         self.__init__()
         return stats

@@ -22,8 +22,8 @@ from ray import tune
 
 from vla.config import resolve_config
 from vla.configuration import to_dict
-from vla.train.launch import CONFIG_FILE, total_steps_of
-from vla.train.loop import EXPORT_DIR
+from vla.train.launch import total_steps_of
+from vla.train.loop import EXPORT_DIR, RUN_CONFIG_FILE
 from vla.train.storage import exists, read_bytes, write_bytes
 from vla.tune.runner import Sweep
 
@@ -86,7 +86,7 @@ def best_row(rows: list[TrialRow], mode: str) -> TrialRow | None:
 
 def write_best_config(best: TrialRow, sweep: Sweep) -> str:
     """The best trial's resolved config, renamed so training it again starts a fresh run."""
-    data = yaml.safe_load(read_bytes(f"{best.run_dir}/{CONFIG_FILE}"))
+    data = yaml.safe_load(read_bytes(f"{best.run_dir}/{RUN_CONFIG_FILE}"))
     data["run"]["name"] = f"{sweep.name}-best"
     data["run"]["storage_path"] = sweep.base["run"]["storage_path"]
     cfg = resolve_config(data)
@@ -105,6 +105,8 @@ def plot_sweep(rows: list[TrialRow], sweep: Sweep, out: Path) -> Path:
     params = sweep.space.params
     fig, axes = plt.subplots(1, len(params), figsize=(4.5 * len(params), 3.8), squeeze=False)
     colours = {"completed": "tab:green", "stopped early": "tab:orange", "error": "tab:red"}
+    values = [r.metric for r in rows if r.metric is not None]
+    log_metric = bool(values) and min(values) > 0 and max(values) > 10 * min(values)
     for ax, param in zip(axes[0], params):
         categorical = param.kind in ("choice", "grid")
         labels = [str(v) for v in param.values] if categorical else []
@@ -117,6 +119,8 @@ def plot_sweep(rows: list[TrialRow], sweep: Sweep, out: Path) -> Path:
             ax.set_xticks(range(len(labels)), labels, rotation=20)
         elif param.kind == "loguniform":
             ax.set_xscale("log")
+        if log_metric:
+            ax.set_yscale("log")
         ax.set_xlabel(param.key)
         ax.set_ylabel(sweep.space.sweep.metric)
         ax.grid(alpha=0.3)
