@@ -55,10 +55,18 @@ def encode_image(image: np.ndarray, encoding: str, jpeg_quality: int = 95) -> by
 def decode_image(data: bytes, size: int | None = None) -> np.ndarray:
     """Encoded bytes -> ``HxWx3`` uint8 RGB, resized (bilinear) to ``size x size`` when given."""
     with Image.open(io.BytesIO(data)) as img:
-        img = img.convert("RGB")
-        if size is not None and img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR)
-        return np.asarray(img)
+        return _resized(img.convert("RGB"), size)
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """An ``HxWx3`` uint8 RGB array resized exactly as ``decode_image`` resizes (policies at inference)."""
+    return _resized(Image.fromarray(np.asarray(image, np.uint8)), size)
+
+
+def _resized(img: Image.Image, size: int | None) -> np.ndarray:
+    if size is not None and img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    return np.asarray(img)
 
 
 def check_schema(schema: pa.Schema, cameras: list[str], file: str) -> list[Problem]:
