@@ -1,0 +1,71 @@
+"""Evaluate a trained policy export: closed loop (against random and constant baselines) and offline.
+
+    python pipelines/evaluate.py                                   # the demo run's export, 100 episodes each
+    python pipelines/evaluate.py --export ~/vla_runs/NAME/export --episodes 200 --out eval/NAME
+    python pipelines/evaluate.py --offline-split none              # closed loop only
+
+Writes <out>/report.json (fields: docs/evaluation.md), <out>/results.png and image strips
+of a few rollouts. With no RAY_ADDRESS a local Ray instance starts; with one, it joins that cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+DEFAULT_EXPORT = "~/vla_runs/demo/export"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--export", default=DEFAULT_EXPORT, help=f"policy export folder (default {DEFAULT_EXPORT})")
+    parser.add_argument("--episodes", type=int, default=100, help="closed-loop episodes per policy (default 100)")
+    parser.add_argument("--offline-split", default="val", help="held-out split for offline metrics; 'none' skips")
+    parser.add_argument("--out", help="output folder (default: <export>/../eval)")
+    parser.add_argument("--seed", type=int, default=0, help="first evaluation scene offset (default 0)")
+    parser.add_argument("--tasks", type=int, default=2, help="Ray tasks per policy (default 2)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (bf16 on cuda)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    export = Path(args.export).expanduser()
+    if not (export / "model.safetensors").is_file():
+        print(f"error: {export} is not a policy export (train one first: python pipelines/train.py)", file=sys.stderr)
+        return 2
+    from vla.eval.evaluate import EvalOptions, run_evaluation  # imports Ray and torch
+    from vla.train.launch import ensure_ray
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    ensure_ray()
+    options = EvalOptions(
+        episodes=args.episodes,
+        seed=args.seed,
+        tasks_per_policy=args.tasks,
+        offline_split=None if args.offline_split.lower() == "none" else args.offline_split,
+        device=args.device,
+    )
+    out = args.out or str(export.parent / "eval")
+    report = run_evaluation(str(export), out, options)
+
+    loop = report["closed_loop"]
+    print(f"closed loop on {loop['env']}: {loop['episodes']} episodes per policy")
+    for name, result in loop["policies"].items():
+        low, high = result["success_ci95"]
+        print(f"  {name:<9} success {result['success_rate']:6.1%}  (95% CI {low:.1%}-{high:.1%}, "
+              f"mean steps {result['mean_steps']:.1f})")
+    if report["offline"]:
+        off = report["offline"]
+        dims = " ".join(f"{e:.3f}" for e in off["pose_error_per_dim_unnormalized"])
+        print(f"offline ({off['split']}, {off['windows']} windows): loss {off['loss']:.4f}, "
+              f"pose error per dim [{dims}], gripper accuracy {off['gripper_accuracy']:.3f}")
+    print(f"report: {report['files']['report']}")
+    print(f"plot:   {report['files']['plot']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

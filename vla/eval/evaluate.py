@@ -1,0 +1,114 @@
+"""One evaluation run of an export: closed loop against the baselines, offline, CALVIN; one report.
+
+``run_evaluation`` is what ``pipelines/evaluate.py`` calls. It needs a Ray session (rollouts
+are Ray tasks, the offline windows a Ray dataset); the caller starts or joins one.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from vla.config import Config
+from vla.data import load_metadata
+from vla.eval.calvin import calvin_available
+from vla.eval.offline import evaluate_offline
+from vla.eval.report import plot_results, save_strips, write_report
+from vla.eval.rollout import ConstantPolicy, RandomPolicy, evaluation_seeds, rollout_in_parallel, summarize
+from vla.policy import Policy, load_run_config
+from vla.sim import SimConfig
+
+log = logging.getLogger("vla.eval")
+
+
+@dataclass
+class EvalOptions:
+    episodes: int = 100  # closed-loop episodes per policy
+    seed: int = 0  # scene seeds are EVAL_SEED_OFFSET + seed + i
+    tasks_per_policy: int = 2  # Ray tasks per policy
+    record: int = 3  # episodes per policy saved as image strips
+    offline_split: str | None = "val"  # None skips the offline evaluation
+    offline_max_batches: int | None = None
+    device: str = "cpu"
+
+
+def constant_action(run: Config) -> list[float]:
+    """The constant baseline: the training split's mean action with the gripper open (+1)."""
+    stats = load_metadata(run.data.path).splits[run.data.train_split].action_stats
+    if stats is None:
+        raise ValueError(f"{run.data.path}: the training split has no action statistics")
+    return [*stats.mean[:6], 1.0]
+
+
+def sim_config(run: Config) -> SimConfig:
+    """The built-in environment as the demonstrations were rendered (at the model's image size)."""
+    return SimConfig(image_size=run.model.image_size)
+
+
+def closed_loop(export_dir: str, run: Config, options: EvalOptions) -> tuple[dict, dict]:
+    """Trained, random and constant policies on the same scenes; returns (report part, episodes)."""
+    sim = sim_config(run)
+    seeds = evaluation_seeds(options.episodes, options.seed)
+    constant = constant_action(run)
+    factories = {
+        "trained": functools.partial(Policy.load, export_dir, options.device),
+        "random": RandomPolicy(options.seed),
+        "constant": ConstantPolicy(constant),
+    }
+    results = rollout_in_parallel(factories, seeds, sim, tasks_per_policy=options.tasks_per_policy,
+                                  record=options.record)
+    policies = {name: summarize(episodes) for name, episodes in results.items()}
+    best_baseline = max(policies["random"]["success_rate"], policies["constant"]["success_rate"])
+    report = {
+        "env": "synthetic",
+        "episodes": options.episodes,
+        "seeds": [seeds[0], seeds[-1]] if seeds else [],
+        "max_steps": sim.max_steps,
+        "policies": policies,
+        "constant_action": constant,
+        "margin_over_baselines": policies["trained"]["success_rate"] - best_baseline,
+    }
+    return report, results
+
+
+def run_evaluation(export_dir: str, out_dir: str, options: EvalOptions) -> dict:
+    """Evaluate the export in ``export_dir``; writes report.json, results.png and strips to ``out_dir``."""
+    export_dir = str(Path(export_dir).expanduser())
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    run = load_run_config(export_dir)
+    timing: dict[str, float] = {}
+
+    start = time.perf_counter()
+    loop_report, episodes = closed_loop(export_dir, run, options)
+    timing["closed_loop"] = time.perf_counter() - start
+
+    offline = None
+    if options.offline_split:
+        start = time.perf_counter()
+        policy = Policy.load(export_dir, options.device)
+        offline = evaluate_offline(policy, run, export_dir, options.offline_split,
+                                   max_batches=options.offline_max_batches)
+        timing["offline"] = time.perf_counter() - start
+
+    if not calvin_available():
+        log.info("CALVIN: calvin_env is not installed; skipping its long-horizon evaluation")
+    report = {
+        "export": export_dir,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "closed_loop": loop_report,
+        "offline": offline,
+        "calvin": None,  # the CALVIN adapter runs on its own: python -m vla.eval.calvin (needs calvin_env)
+        "files": {
+            "report": str(out / "report.json"),
+            "plot": str(plot_results(loop_report, offline, out / "results.png")),
+            "strips": save_strips(episodes, out),
+        },
+        "timing_s": timing,
+    }
+    write_report(report, out)
+    return report
