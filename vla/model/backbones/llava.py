@@ -6,18 +6,15 @@ import torch
 from torch import nn
 from transformers import LlavaForConditionalGeneration
 
-from vla.model.backbones.base import CLIP_MEAN, CLIP_STD, HALF, Backbone
+from vla.model.backbones.base import CLIP_MEAN, CLIP_STD, HALF
+from vla.model.backbones.projector_vlm import ProjectorVLMBackbone
 
 
-class LlavaBackbone(Backbone):
+class LlavaBackbone(ProjectorVLMBackbone):
     family = "llava"
     hf_model_class = LlavaForConditionalGeneration
     default_image_mean = CLIP_MEAN
     default_image_std = CLIP_STD
-
-    def __init__(self, vlm: LlavaForConditionalGeneration, image_mean, image_std):
-        super().__init__(vlm, image_mean, image_std)
-        self.model = vlm.model  # vision tower, projector, LM body; the LM output head is left behind
 
     @classmethod
     def from_vlm(cls, vlm: LlavaForConditionalGeneration, pretrained_dir: str | None = None) -> "LlavaBackbone":
@@ -26,9 +23,6 @@ class LlavaBackbone(Backbone):
             backbone.image_mean, backbone.image_std = HALF, HALF
         return backbone
 
-    def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.language_model.embed_tokens(input_ids)
-
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         features = self.model.get_image_features(
             pixel_values=pixel_values,
@@ -36,25 +30,6 @@ class LlavaBackbone(Backbone):
             vision_feature_select_strategy=self.hf_config.vision_feature_select_strategy,
         ).pooler_output
         return torch.stack(list(features))  # one entry per image
-
-    def run_language_model(
-        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, image_index: torch.Tensor
-    ) -> torch.Tensor:
-        out = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False)
-        return out.last_hidden_state
-
-    def decoder_blocks(self) -> list[nn.Module]:
-        return list(self.model.language_model.layers)
-
-    def vision_blocks(self) -> list[nn.Module]:
-        return list(self.model.vision_tower.encoder.layers)
-
-    def module_groups(self) -> dict[str, list[nn.Module]]:
-        return {
-            "vision": [self.model.vision_tower, self.model.multi_modal_projector],
-            "text_embedding": [self.model.language_model.embed_tokens],
-            "language_model": [self.model.language_model],
-        }
 
     def unused_modules(self) -> list[nn.Module]:
         """Tower parts past the feature layer LLaVA reads (e.g. the last block for layer -2), pooling heads."""
