@@ -93,7 +93,7 @@ def run_episodes(policy: BatchPolicy, seeds: list[int], sim: SimConfig, record: 
             if done[i]:
                 continue
             observations[i], success, done[i] = env.step(actions[i])
-            results[i].success, results[i].steps = success, results[i].steps + 1
+            results[i].success, results[i].steps = bool(success), results[i].steps + 1
             if i < record:
                 results[i].frames.append(dict(observations[i]["images"]))
     return results
