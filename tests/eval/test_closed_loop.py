@@ -68,9 +68,10 @@ def test_baselines_rarely_succeed():
 @pytest.mark.timeout(420)
 @pytest.mark.xfail(
     strict=False,
-    reason="open: this plain loop (demo model and data, 1200 steps) reached 0/60 closed-loop successes in "
-    "2 of 2 runs, while the same budget through Ray Train (configs/demo.yaml) reaches ~20%; the tiny "
-    "model's x/y precision is marginal and its closed-loop success varies a lot between runs",
+    reason="open: this single-process loop (demo model, data and lr, 1200 steps) does not learn the pose "
+    "(loss_arm stays ~0.18, the mean-action level, through step 1100; 0/60 and 0/40 successes) while the "
+    "same config through Ray Train (configs/demo.yaml) reaches loss_arm ~0.05 and 18-23% success; "
+    "the difference is not found yet"
 )
 def test_briefly_trained_policy_beats_random_and_constant_closed_loop(ray_session, tmp_path):
     root = str(tmp_path / "synthetic")
