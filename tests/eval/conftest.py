@@ -26,6 +26,12 @@ def write_export(directory: Path, model: VLAModel, cfg: Config) -> str:
 
 
 @pytest.fixture(scope="session")
+def export_writer():
+    """``write_export`` for tests that train their own model."""
+    return write_export
+
+
+@pytest.fixture(scope="session")
 def untrained_export(tmp_path_factory, synthetic_root) -> str:
     cfg = load_config(None, [f"data.path={synthetic_root}", *TINY_MODEL])
     torch.manual_seed(0)

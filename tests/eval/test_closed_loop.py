@@ -18,8 +18,6 @@ from vla.eval.rollout import ConstantPolicy, RandomPolicy, run_episodes
 from vla.model import build_model, build_tokenizer
 from vla.sim import SimConfig
 
-from conftest import write_export
-
 # The demo's model (configs/demo.yaml) without history, so each step is one frame per window.
 GUARD_MODEL = ["model.tiny_hidden_size=128", "model.tiny_num_layers=2", "model.window_size=1",
                "model.head=mlp", "model.head_hidden_size=128", "model.head_num_layers=1", "model.lambda_gripper=0.1"]
@@ -73,7 +71,7 @@ def test_baselines_rarely_succeed():
     "same config through Ray Train (configs/demo.yaml) reaches loss_arm ~0.05 and 18-23% success; "
     "the difference is not found yet"
 )
-def test_briefly_trained_policy_beats_random_and_constant_closed_loop(ray_session, tmp_path):
+def test_briefly_trained_policy_beats_random_and_constant_closed_loop(ray_session, export_writer, tmp_path):
     root = str(tmp_path / "synthetic")
     convert_synthetic(root, episodes=200, val_episodes=4, image_size=32, seed=0)
     cfg = load_config(None, [f"data.path={root}", *GUARD_MODEL])
@@ -81,7 +79,7 @@ def test_briefly_trained_policy_beats_random_and_constant_closed_loop(ray_sessio
     build_tokenizer(cfg.model).save_pretrained(tokenizer_dir)
     torch.set_num_threads(2)
     model = train_plainly(cfg, training_windows(cfg, tokenizer_dir))
-    export = write_export(tmp_path / "export", model, cfg)
+    export = export_writer(tmp_path / "export", model, cfg)
 
     report, _ = closed_loop(export, cfg, EvalOptions(episodes=60, tasks_per_policy=2, record=0))
     rates = {name: result["success_rate"] for name, result in report["policies"].items()}
