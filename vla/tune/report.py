@@ -77,11 +77,14 @@ def trial_rows(results: tune.ResultGrid, sweep: Sweep, max_steps: int) -> list[T
 
 
 def best_row(rows: list[TrialRow], mode: str) -> TrialRow | None:
+    """The best trial among those that ran to the end (they have an export and comparable
+    metrics: a trial stopped early was scored at an earlier step); any trial if none did."""
     scored = [r for r in rows if r.metric is not None and r.status != "error"]
+    finished = [r for r in scored if r.status == "completed"]
     if not scored:
         return None
     pick = min if mode == "min" else max
-    return pick(scored, key=lambda r: r.metric)
+    return pick(finished or scored, key=lambda r: r.metric)
 
 
 def write_best_config(best: TrialRow, sweep: Sweep) -> str:
