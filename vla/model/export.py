@@ -25,6 +25,9 @@ from vla.model.vla_model import VLAModel, build_model
 WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "model_config.json"
 BACKBONE_CONFIG = "backbone_config.json"
+# Written beside the model by training (``extra_files``) and read back by ``vla.policy``:
+NORMALIZATION_FILE = "normalization.json"  # the training action statistics
+RUN_CONFIG_FILE = "config.yaml"  # the full resolved run config (cameras, instruction length)
 
 
 def save_export(

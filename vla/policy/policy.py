@@ -26,9 +26,7 @@ from vla.data.pipeline import load_tokenizer
 from vla.data.stats import ActionNormalizer
 from vla.data.transforms import Tokenize
 from vla.model import VLAModel, load_export
-
-NORMALIZATION_FILE = "normalization.json"
-RUN_CONFIG_FILE = "config.yaml"
+from vla.model.export import NORMALIZATION_FILE, RUN_CONFIG_FILE
 
 Observation = dict  # {"images": {camera: HxWx3 uint8}, "instruction": str, ...}
 

@@ -27,7 +27,8 @@ from vla.data import ActionNormalizer, DatasetMetadata, build_window_dataset, lo
 from vla.data.converters.synthetic import convert_synthetic
 from vla.data.metadata import METADATA_FILE
 from vla.model import build_tokenizer
-from vla.train.loop import EXPORT_DIR, NORMALIZATION_FILE, RUN_CONFIG_FILE, train_loop_per_worker
+from vla.model.export import NORMALIZATION_FILE, RUN_CONFIG_FILE
+from vla.train.loop import EXPORT_DIR, train_loop_per_worker
 from vla.train.storage import is_uri, normalize_storage_path, run_path, upload
 
 log = logging.getLogger("vla.train")

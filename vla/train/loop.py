@@ -25,6 +25,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from vla.config import Config, resolve_config
 from vla.data import iter_batches
 from vla.model import build_model, count_parameters, save_export
+from vla.model.export import NORMALIZATION_FILE, RUN_CONFIG_FILE
 from vla.train.checkpoint import TrainState, load_checkpoint, save_checkpoint, state_fingerprint
 from vla.train.parallelize import parallelize, reshard
 from vla.train.progress import RunLogger, StepTimer
@@ -34,8 +35,6 @@ from vla.train.storage import exists, is_uri, upload, write_bytes
 log = logging.getLogger("vla.train")
 
 EXPORT_DIR = "export"
-NORMALIZATION_FILE = "normalization.json"
-RUN_CONFIG_FILE = "config.yaml"
 
 
 class InjectedFailure(RuntimeError):

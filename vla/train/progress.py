@@ -43,6 +43,10 @@ class StepTimer:
     """Splits wall time between waiting for data and computing, and estimates the time left."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Start a new measuring window."""
         self.data_s = 0.0
         self.compute_s = 0.0
         self.samples = 0
@@ -79,7 +83,7 @@ class StepTimer:
             "eta_s": per_step * steps_left,
             "peak_memory_mb": peak_memory_mb(),
         }
-        self.__init__()
+        self.reset()
         return stats
 
 

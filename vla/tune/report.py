@@ -23,7 +23,8 @@ from ray import tune
 from vla.config import resolve_config
 from vla.configuration import to_dict
 from vla.train.launch import total_steps_of
-from vla.train.loop import EXPORT_DIR, RUN_CONFIG_FILE
+from vla.model.export import RUN_CONFIG_FILE
+from vla.train.loop import EXPORT_DIR
 from vla.train.storage import exists, read_bytes, write_bytes
 from vla.tune.runner import Sweep
 
