@@ -2,6 +2,7 @@
 
     python pipelines/prepare_data.py synthetic OUT [--episodes 200 --val-episodes 20 --seed 0 --image-size 32]
     python pipelines/prepare_data.py calvin CALVIN_DIR OUT [--image-encoding png|jpeg]
+    python pipelines/prepare_data.py lerobot LEROBOT_DIR OUT [--camera static=observation.images.top ...]
     python pipelines/prepare_data.py validate ROOT
 
 ``--parallel N`` runs a converter as N Ray tasks (a local Ray starts unless RAY_ADDRESS is set).
@@ -15,7 +16,15 @@ import sys
 
 from vla.data import DataError, validate_dataset
 from vla.data.converters.calvin import convert_calvin
+from vla.data.converters.lerobot import DEFAULT_STATE_KEY, GRIPPER_CONVENTIONS, convert_lerobot
 from vla.data.converters.synthetic import convert_synthetic
+
+
+def camera_mapping(text: str) -> tuple[str, str]:
+    name, sep, key = text.partition("=")
+    if not (sep and name and key):
+        raise argparse.ArgumentTypeError(f"expected NAME=FEATURE (e.g. static=observation.images.top), got {text!r}")
+    return name, key
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -34,7 +43,24 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     calvin.add_argument("out")
     calvin.add_argument("--image-encoding", choices=["png", "jpeg"], default="png")
 
-    for converter in (synthetic, calvin):
+    lerobot = sub.add_parser("lerobot", help="a LeRobot dataset folder (v2.x or v3.0 layout)")
+    lerobot.add_argument("source")
+    lerobot.add_argument("out")
+    lerobot.add_argument("--camera", type=camera_mapping, action="append", metavar="NAME=FEATURE",
+                         help="our camera name and the LeRobot image/video feature it reads, repeated per camera "
+                              "(default: the first two camera features as static and wrist)")
+    lerobot.add_argument("--action-key", default="action", help="a 7-dim feature (default %(default)s)")
+    lerobot.add_argument("--state-key", default=DEFAULT_STATE_KEY,
+                         help="the state feature (default %(default)s, used when the dataset has it)")
+    lerobot.add_argument("--gripper", choices=list(GRIPPER_CONVENTIONS), default="signed",
+                         help="the source's gripper convention (default %(default)s): "
+                              + "; ".join(f"{k}: {v}" for k, v in GRIPPER_CONVENTIONS.items()))
+    lerobot.add_argument("--val-episodes", type=int, help="the last K episodes go to val (beats info.json splits)")
+    lerobot.add_argument("--val-fraction", type=float, default=0.1,
+                         help="the last round(F * episodes) go to val, when info.json names no val/test range")
+    lerobot.add_argument("--image-encoding", choices=["png", "jpeg"], default="png")
+
+    for converter in (synthetic, calvin, lerobot):
         converter.add_argument("--parallel", type=int, default=0, help="Ray tasks (0: in this process)")
         converter.add_argument("--max-shard-mb", type=int, default=256)
 
@@ -64,9 +90,15 @@ def main(argv: list[str] | None = None) -> int:
             meta = convert_synthetic(args.out, episodes=args.episodes, val_episodes=args.val_episodes,
                                      seed=args.seed, image_size=args.image_size, parallel=args.parallel,
                                      max_shard_bytes=shard_bytes)
-        else:
+        elif args.command == "calvin":
             meta = convert_calvin(args.source, args.out, parallel=args.parallel,
                                   image_encoding=args.image_encoding, max_shard_bytes=shard_bytes)
+        else:
+            meta = convert_lerobot(args.source, args.out, cameras=dict(args.camera) if args.camera else None,
+                                   action_key=args.action_key, state_key=args.state_key, gripper=args.gripper,
+                                   val_episodes=args.val_episodes, val_fraction=args.val_fraction,
+                                   parallel=args.parallel, image_encoding=args.image_encoding,
+                                   max_shard_bytes=shard_bytes)
     except DataError as err:
         log.error("%s", err)
         return 1
