@@ -147,3 +147,16 @@ def test_validate_reports_every_problem_not_just_the_first(dataset, tmp_path):
     assert any("gripper must be -1 (close) or +1 (open), got 0.5" in p for p in problems)
     assert any("episode 1, field image_wrist: 2 frames for 4 steps" in p for p in problems)
     assert any("part-00009.parquet: shard is not listed" in p for p in problems)
+
+
+def test_a_failed_rewrite_leaves_no_finished_dataset_behind(dataset, tokenizer_dir):
+    """Converting into an old dataset's folder and failing must not leave the old metadata.json
+    claiming shards the new writer has already replaced."""
+    with pytest.raises(DataError, match="field actions"):
+        with EpisodeWriter(dataset, ["static", "wrist"]) as writer:
+            writer.write(marker_episode(0, 4), "train")
+            bad = marker_episode(1, 4)
+            bad.actions = bad.actions[:, :6]
+            writer.write(bad, "train")
+    with pytest.raises(DataError, match="metadata.json: not found"):
+        build(dataset, tokenizer_dir)

@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyarrow.fs import FileType
 from tqdm import tqdm
 
 from vla.data.episodes import Episode, encode_image, row_problems
 from vla.data.metadata import (
     ACTION_DIM,
+    METADATA_FILE,
     CameraInfo,
     DataError,
     DatasetMetadata,
@@ -85,6 +87,7 @@ class EpisodeWriter:
         self.root, self.cameras = root, list(cameras)
         self.fs, self.path = open_root(root)
         self.fs.create_dir(self.path, recursive=True)
+        forget_finished(root)
         self.encoding, self.jpeg_quality = image_encoding, jpeg_quality
         self.max_shard_bytes, self.compute_stats = max_shard_bytes, compute_stats
         self.schema = episode_schema(self.cameras)
@@ -197,6 +200,14 @@ class EpisodeWriter:
         info.steps += shard.info.steps
 
 
+def forget_finished(root: str) -> None:
+    """A folder being (re)written is no finished dataset: remove its ``metadata.json`` first, so a
+    failed conversion into an old dataset's folder never leaves the old metadata claiming new shards."""
+    fs, path = open_root(root)
+    if fs.get_file_info(f"{path}/{METADATA_FILE}").type != FileType.NotFound:
+        fs.delete_file(f"{path}/{METADATA_FILE}")
+
+
 def add_action_stats(root: str, meta: DatasetMetadata) -> None:
     """Fill ``action_stats`` of every non-empty split by the streaming pass over its shards."""
     fs, path = open_root(root)
@@ -209,6 +220,7 @@ def merge_datasets(root: str, parts: list[str]) -> DatasetMetadata:
     """Move the shards of the partial datasets ``parts`` (written with ``compute_stats=False``)
     into ``root`` under consecutive names, then write the combined ``metadata.json``."""
     fs, path = open_root(root)
+    forget_finished(root)
     merged: DatasetMetadata | None = None
     for part in parts:
         meta = load_metadata(part)
