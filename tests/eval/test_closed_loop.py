@@ -3,6 +3,8 @@ often than the random and constant baselines, on the environment its demonstrati
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -17,11 +19,10 @@ from vla.eval.evaluate import EvalOptions, closed_loop
 from vla.eval.rollout import ConstantPolicy, RandomPolicy, run_episodes
 from vla.model import build_model, build_tokenizer
 from vla.sim import SimConfig
+from vla.train.launch import DEMO_EPISODES
+from vla.train.schedule import build_scheduler
 
-# The demo's model (configs/demo.yaml) without history, so each step is one frame per window.
-GUARD_MODEL = ["model.tiny_hidden_size=128", "model.tiny_num_layers=2", "model.window_size=1",
-               "model.head=mlp", "model.head_hidden_size=128", "model.head_num_layers=1", "model.lambda_gripper=0.1"]
-STEPS, BATCH, LR = 1200, 32, 3e-4
+DEMO_CONFIG = Path(__file__).parents[2] / "configs" / "demo.yaml"
 
 
 def training_windows(cfg: Config, tokenizer_dir: str) -> dict[str, torch.Tensor]:
@@ -36,24 +37,27 @@ def training_windows(cfg: Config, tokenizer_dir: str) -> dict[str, torch.Tensor]
 
 
 def train_plainly(cfg: Config, windows: dict[str, torch.Tensor]) -> torch.nn.Module:
-    """A single-process AdamW loop with warmup + cosine (what the Ray Train loop does, minus Ray)."""
-    torch.manual_seed(0)
+    """The demo's optimization (AdamW, warmup + cosine, clipping, its global batch and steps) in one
+    process: what the Ray Train loop computes, without Ray Train's start-up and per-step overhead."""
+    tcfg = cfg.train
+    torch.manual_seed(tcfg.seed)
     model = build_model(cfg.model)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=LR, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: min(1.0, (i + 1) / 50) * 0.5 * (1 + np.cos(np.pi * i / STEPS)))
-    generator = torch.Generator().manual_seed(0)
-    count = len(windows["actions"])
-    for _ in range(STEPS):
-        rows = torch.randint(0, count, (BATCH,), generator=generator)  # one draw: every key of the same windows
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=tcfg.lr,
+                                  betas=tcfg.betas, weight_decay=tcfg.weight_decay)
+    scheduler = build_scheduler(optimizer, lr=tcfg.lr, min_lr=tcfg.min_lr, warmup_steps=tcfg.warmup_steps,
+                                total_steps=tcfg.max_steps)
+    generator = torch.Generator().manual_seed(tcfg.seed)
+    count, batch_size = len(windows["actions"]), cfg.data.batch_size * tcfg.num_workers
+    for _ in range(tcfg.max_steps):
+        rows = torch.randint(0, count, (batch_size,), generator=generator)  # one draw for every key
         batch = {key: value[rows] for key, value in windows.items()}
         output = model(batch["images"], batch["input_ids"], batch["attention_mask"])
         loss = model.loss(output, batch["actions"], batch["action_mask"])["loss"]
         optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
         optimizer.step()
-        schedule.step()
+        scheduler.step()
     return model.eval()
 
 
@@ -64,17 +68,18 @@ def test_baselines_rarely_succeed():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_briefly_trained_policy_beats_random_and_constant_closed_loop(ray_session, export_writer, tmp_path):
+    """The demo's config and data (configs/demo.yaml, DEMO_EPISODES scenes) trained in one process."""
     root = str(tmp_path / "synthetic")
-    convert_synthetic(root, episodes=200, val_episodes=4, image_size=32, seed=0)
-    cfg = load_config(None, [f"data.path={root}", *GUARD_MODEL])
+    convert_synthetic(root, episodes=DEMO_EPISODES, val_episodes=4, image_size=32, seed=0)
+    cfg = load_config(str(DEMO_CONFIG), [f"data.path={root}"])
     tokenizer_dir = str(tmp_path / "tokenizer")
     build_tokenizer(cfg.model).save_pretrained(tokenizer_dir)
     model = train_plainly(cfg, training_windows(cfg, tokenizer_dir))
     export = export_writer(tmp_path / "export", model, cfg)
 
-    report, _ = closed_loop(export, cfg, EvalOptions(episodes=60, tasks_per_policy=2, record=0))
+    report, _ = closed_loop(export, cfg, EvalOptions(episodes=100, tasks_per_policy=2, record=0))
     rates = {name: result["success_rate"] for name, result in report["policies"].items()}
-    assert rates["trained"] >= 0.08, rates  # the demo's longer run reaches ~0.2 (docs/evaluation.md)
+    assert rates["trained"] >= 0.08, rates  # measured 0.20 at seed 0 (docs/evaluation.md)
     assert rates["trained"] >= max(rates["random"], rates["constant"]) + 0.05, rates

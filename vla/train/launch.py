@@ -76,16 +76,17 @@ def total_steps_of(cfg: Config) -> int:
 
 
 DEMO_DATA_DIR = "~/.cache/vla/synthetic"
+DEMO_EPISODES = 1000  # more scenes, same steps: closed-loop success rises (docs/evaluation.md)
 
 
 def with_demo_data(cfg: Config) -> Config:
     """An empty ``data.path`` means the demo: the synthetic task, generated once into a cache."""
     if cfg.data.path:
         return cfg
-    root = os.path.expanduser(f"{DEMO_DATA_DIR}-{cfg.model.image_size}px")
+    root = os.path.expanduser(f"{DEMO_DATA_DIR}-{cfg.model.image_size}px-{DEMO_EPISODES}ep")
     if not os.path.isfile(os.path.join(root, METADATA_FILE)):
         log.info("generating the synthetic demo dataset into %s", root)
-        convert_synthetic(root, image_size=cfg.model.image_size)
+        convert_synthetic(root, episodes=DEMO_EPISODES, image_size=cfg.model.image_size)
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, path=root))
 
 
