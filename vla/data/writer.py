@@ -255,6 +255,7 @@ def write_dataset(
     *,
     parallel: bool = False,
     desc: str = "episodes",
+    max_shard_bytes: int | None = None,
     **writer_args,
 ) -> DatasetMetadata:
     """Run converter ``jobs`` (each yields ``(split, episode)`` pairs) into the dataset ``root``.
@@ -262,7 +263,9 @@ def write_dataset(
     In process, one writer takes every job in order. With ``parallel=True`` each job is a Ray
     task writing its own partial dataset under ``<root>/_parts/``; the parts are merged at the
     end. Memory stays bounded by one episode per job plus one row group per open shard.
+    ``max_shard_bytes=None`` keeps the writer's default.
     """
+    writer_args["max_shard_bytes"] = max_shard_bytes or DEFAULT_SHARD_BYTES
     if not parallel:
         with EpisodeWriter(root, cameras, **writer_args) as writer, tqdm(desc=desc, unit="ep") as bar:
             for job in jobs:

@@ -88,6 +88,5 @@ def convert_calvin(source: str, root: str, *, parallel: int = 0, image_encoding:
         raise DataError(f"{source}: no CALVIN split found (expected training/ and/or validation/ folders)")
     jobs_n = max(parallel, 1)
     jobs = [partial(_segments, work[i::jobs_n]) for i in range(jobs_n)]
-    extra = {"max_shard_bytes": max_shard_bytes} if max_shard_bytes else {}
     return write_dataset(root, jobs, list(CAMERAS), parallel=parallel > 1, source="calvin", desc="calvin",
-                         image_encoding=image_encoding, **extra)
+                         image_encoding=image_encoding, max_shard_bytes=max_shard_bytes)

@@ -60,6 +60,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vla.data.episodes import Episode, decode_image
@@ -93,9 +94,8 @@ class FeatureMap:
 
 @dataclass(frozen=True)
 class LeRobotSource:
-    """What every episode read needs: the dataset's layout, fps, tasks and feature map."""
+    """What every episode read needs: the dataset's fps, tasks and feature map."""
 
-    version: int  # 2 (a data file per episode) or 3 (many episodes per data file)
     fps: float
     tasks: dict[int, str]
     features: FeatureMap
@@ -256,15 +256,21 @@ def _val_ranges(info: dict, info_file: Path) -> set[int] | None:
     return val
 
 
-def read_episode(source: LeRobotSource, ref: EpisodeRef) -> Episode:
-    """One LeRobot episode as an ``Episode`` (actions mapped, frames decoded at their own size)."""
+def read_data_file(source: LeRobotSource, file: Path) -> pa.Table:
+    """The columns ``read_episode`` needs from one data file (v2: one episode, v3: many)."""
+    fmap = source.features
+    image_keys = [key for key in fmap.cameras.values() if key not in fmap.videos]
+    columns = ["episode_index", "frame_index", "timestamp", "task_index", fmap.action,
+               *([fmap.state] if fmap.state else []), *image_keys]
+    return _read_parquet(file, columns)
+
+
+def read_episode(source: LeRobotSource, ref: EpisodeRef, data: pa.Table) -> Episode:
+    """One LeRobot episode as an ``Episode`` (actions mapped, frames decoded at their own size),
+    from the table ``read_data_file`` gave for its data file."""
     fmap = source.features
     where = f"{ref.data_file}: episode {ref.index}"
-    image_keys = [key for key in fmap.cameras.values() if key not in fmap.videos]
-    columns = ["frame_index", "timestamp", "task_index", fmap.action, *([fmap.state] if fmap.state else []),
-               *image_keys]
-    table = _read_parquet(ref.data_file, columns,
-                          filters=[("episode_index", "==", ref.index)] if source.version == 3 else None)
+    table = data.filter(pc.field("episode_index") == ref.index)
     if table.num_rows != ref.length:
         raise DataError(f"{where}: {table.num_rows} rows, but the episode metadata says length {ref.length}")
     if table.num_rows == 0:
@@ -347,8 +353,12 @@ def read_video(segment: VideoSegment, timestamps: np.ndarray, fps: float, what: 
 
 
 def _episodes(source: LeRobotSource, work: list[tuple[str, EpisodeRef]]) -> Iterator[tuple[str, Episode]]:
+    """Read each data file once: in v3 one file holds many consecutive episodes."""
+    data, data_file = None, None
     for split, ref in work:
-        yield split, read_episode(source, ref)
+        if ref.data_file != data_file:
+            data, data_file = read_data_file(source, ref.data_file), ref.data_file
+        yield split, read_episode(source, ref, data)
 
 
 def convert_lerobot(
@@ -382,16 +392,16 @@ def convert_lerobot(
         raise DataError(f"{folder}: the dataset lists no episodes")
     splits = assign_splits(info, folder / INFO_FILE, [e.index for e in episodes], val_episodes=val_episodes,
                            val_fraction=val_fraction)
-    lerobot = LeRobotSource(version, float(_info_field(info, folder, "fps")), read_tasks(folder, version),
+    lerobot = LeRobotSource(float(_info_field(info, folder, "fps")), read_tasks(folder, version),
                             features)
     work = [(splits[e.index], e) for e in episodes]
     log.info("%s: LeRobot v%d, %d episodes (%d val), cameras %s", folder, version, len(work),
              sum(split == "val" for split, _ in work), features.cameras)
     jobs_n = max(parallel, 1)
-    jobs = [partial(_episodes, lerobot, work[i::jobs_n]) for i in range(jobs_n)]
-    extra = {"max_shard_bytes": max_shard_bytes} if max_shard_bytes else {}
+    per_job = -(-len(work) // jobs_n)  # contiguous runs of episodes, so a job reads a data file once
+    jobs = [partial(_episodes, lerobot, work[i * per_job:(i + 1) * per_job]) for i in range(jobs_n)]
     return write_dataset(root, jobs, list(features.cameras), parallel=parallel > 1, source="lerobot",
-                         desc="lerobot", image_encoding=image_encoding, **extra)
+                         desc="lerobot", image_encoding=image_encoding, max_shard_bytes=max_shard_bytes)
 
 
 def _import_av():

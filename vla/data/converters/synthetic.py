@@ -62,6 +62,5 @@ def convert_synthetic(
     seeds += [("val", seed + episodes + i) for i in range(val_episodes)]
     jobs_n = max(parallel, 1)
     jobs = [partial(_episodes, seeds[i::jobs_n], sim) for i in range(jobs_n)]
-    extra = {"max_shard_bytes": max_shard_bytes} if max_shard_bytes else {}
     return write_dataset(root, jobs, CAMERAS, parallel=parallel > 1, source="synthetic",
-                         desc="synthetic", **extra)
+                         desc="synthetic", max_shard_bytes=max_shard_bytes)
