@@ -1,5 +1,6 @@
 """What FSDP2 needs of the modules it wraps, checked the same way on every torch version, and
-what the GPU benchmark needs: the model and ``parallelize`` import without Ray or ``vla.data``."""
+what the GPU benchmark needs: the model, ``parallelize``, the training step and the benchmark
+itself import without Ray or ``vla.data``."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ def test_model_and_parallelize_import_without_ray_or_the_data_package():
         "from vla.model import build_model\n"
         "from vla.model.config import ModelConfig\n"
         "build_model(ModelConfig(tiny_hidden_size=32, tiny_num_layers=1))\n"
+        "import benchmarks.gpu_step\n"
         "loaded = sorted(m for m in sys.modules if m == 'vla.data' or m.startswith(('vla.data.', 'ray.')))\n"
         "assert not loaded, loaded\n"
     )
