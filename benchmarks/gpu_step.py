@@ -204,6 +204,7 @@ def platform_step(args: argparse.Namespace, device: torch.device) -> dict[str, f
         "step_time_s": step_time,
         "peak_gib": peak,
         "tokens_per_frame": trainer.tokens_per_frame,
+        "views": model_cfg.num_views,
         "loss": loss,
         "params": sum(p.numel() for p in model.parameters()),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -245,7 +246,7 @@ def main() -> None:
     frames = args.windows * args.frames
     size = "reduced (--small)" if args.small else "published"
     print(f"\n{args.family} ({size} config), {platform['params'] / 1e9:.3f}B parameters "
-          f"({platform['trainable'] / 1e9:.3f}B trainable), {args.windows} windows x {args.frames} frames x 2 views, "
+          f"({platform['trainable'] / 1e9:.3f}B trainable), {args.windows} windows x {args.frames} frames x {platform['views']} views, "
           f"chunk {args.chunk}, {platform['tokens_per_frame']} LM tokens per frame, on {name}")
     print(f"platform: {platform['settings']}; loss after {args.warmup + args.steps} steps {platform['loss']:.4f}")
     flops = bare["flops"] if bare else None

@@ -112,9 +112,14 @@ def batch_stream(run: Run, train_shard) -> Iterator[Batch]:
 
 
 def maybe_log(run: Run) -> None:
-    """On log steps: means over every micro-batch of every rank since the last log, and the timing."""
-    trainer, step = run.trainer, run.state.step
-    if not (run.is_step(run.cfg.train.log_every) or step == run.total_steps):
+    """On log steps: means over every micro-batch of every rank since the last log, and the timing.
+
+    Steps that report to Ray Train (validation, checkpoint, last) log too, so every report
+    carries the training metrics of its own step.
+    """
+    trainer, step, tcfg = run.trainer, run.state.step, run.cfg.train
+    reports = run.is_step(tcfg.val_every) or run.is_step(tcfg.checkpoint_every) or step == run.total_steps
+    if not (run.is_step(tcfg.log_every) or reports):
         return
     metrics = {**trainer.micro_metrics.mean_over_ranks(), **trainer.step_metrics.mean_over_ranks(), "lr": trainer.lr}
     metrics.update(trainer.timer.window(run.total_steps - step))
