@@ -8,6 +8,7 @@ validation, sharded checkpoints and, at the end, a consolidated export for infer
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import tempfile
@@ -19,15 +20,13 @@ import numpy as np
 import ray.train
 import torch
 import torch.distributed as dist
-import yaml
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from vla.config import Config, resolve_config
 from vla.data import iter_batches
-from vla.model import build_model, count_parameters, save_export
-from vla.model.export import NORMALIZATION_FILE, RUN_CONFIG_FILE
+from vla.model import build_sharded_model, count_parameters, save_export
 from vla.train.checkpoint import TrainState, load_checkpoint, save_checkpoint, state_fingerprint
-from vla.train.parallelize import parallelize, reshard
+from vla.train.parallelize import param_dtype_for, parallelize, reshard
 from vla.train.progress import RunLogger, StepTimer
 from vla.train.schedule import build_scheduler
 from vla.train.storage import exists, is_uri, upload, write_bytes
@@ -114,8 +113,7 @@ def export_policy(model: torch.nn.Module, cfg: Config, run_dir: str, normalizati
         return None
     destination = f"{run_dir}/{EXPORT_DIR}"
     local = Path(tempfile.mkdtemp(prefix="vla_export_")) if is_uri(run_dir) else Path(destination)
-    extra = {NORMALIZATION_FILE: normalization_json, RUN_CONFIG_FILE: yaml.safe_dump(cfg.to_dict(), sort_keys=False)}
-    save_export(local, model, state_dict=full, extra_files=extra)
+    save_export(local, model, state_dict=full, run_config=cfg.to_dict(), normalization=json.loads(normalization_json))
     if is_uri(run_dir):
         upload(local, destination)
     return destination
@@ -148,9 +146,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     device = torch.device("cuda", torch.cuda.current_device()) if tcfg.use_gpu else torch.device("cpu")
     seed_everything(tcfg.seed)
 
-    model = build_model(cfg.model)
+    model = build_sharded_model(cfg.model, lambda m: parallelize(m, tcfg, device, world_size), device,
+                                param_dtype_for(tcfg, device))
     trainable, total = count_parameters(model)
-    parallelize(model, tcfg, device, world_size)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
     scheduler = build_scheduler(

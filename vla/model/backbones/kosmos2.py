@@ -14,6 +14,11 @@ class Kosmos2Backbone(Backbone):
     hf_model_class = Kosmos2ForConditionalGeneration
     default_image_mean = CLIP_MEAN
     default_image_std = CLIP_STD
+    hf_prefixes = {
+        "vision_model.": "vision_model.",
+        "image_to_text_projection.": "image_to_text_projection.",
+        "text_model.": "text_model.model.",
+    }
 
     def __init__(self, vlm: Kosmos2ForConditionalGeneration, image_mean, image_std):
         super().__init__(vlm, image_mean, image_std)
