@@ -102,7 +102,8 @@ def load_state(model: nn.Module, file: str | Path) -> None:
     targets = model.state_dict(keep_vars=True)
     with safe_open(str(file), framework="pt") as f:
         keys = list(f.keys())
-    state = {key: _read(Path(file), key, None).to(targets[key].dtype) for key in keys if key in targets}
+    # A copy in memory, not views of the mapped file: re-exporting into the folder cannot change them.
+    state = {key: _read(Path(file), key, None).to(targets[key].dtype, copy=True) for key in keys if key in targets}
     model.load_state_dict(state, assign=True)
 
 
