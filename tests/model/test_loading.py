@@ -10,9 +10,10 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from vla.configuration import ConfigError
-from vla.model import ModelConfig, build_model, build_sharded_model
+from vla.model import ModelConfig, build_model, build_sharded_model, pretrained_loader, training_weights_dtype
 from vla.train.config import TrainConfig
-from vla.train.parallelize import parallelize
+from vla.train.parallelize import param_dtype_for
+from vla.train.step import build_trainer
 
 from published import FAMILIES, build_published_folder
 
@@ -30,15 +31,23 @@ def local_rows(tensor: torch.Tensor) -> tuple[torch.Tensor, slice]:
 
 
 def check_rank(rank: int, store: str, folders: dict[str, str]) -> None:
+    """What a training worker does (vla.train.loop.build_run), then checks this rank's shards."""
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     cpu = torch.device("cpu")
+    train_cfg = TrainConfig(precision="bf16")
+    dtype = training_weights_dtype(param_dtype_for(train_cfg, cpu))
     try:
         for family, folder in folders.items():
             options = {"lora_rank": 2} if family == "llava" else {}  # adapters built on meta, initialized as peft does
             cfg = model_config(family, folder, **options)
-            reference = build_model(cfg, dtype=torch.bfloat16)  # transformers' own from_pretrained
+            reference = build_model(cfg, dtype=dtype)  # transformers' own from_pretrained
             expected = {**dict(reference.named_parameters()), **dict(reference.named_buffers())}
-            model = build_sharded_model(cfg, lambda m: parallelize(m, TrainConfig(), cpu, WORLD), cpu, torch.bfloat16)
+
+            model = build_model(cfg, dtype=dtype, backbone_on_meta=True)
+            load_pretrained = pretrained_loader(model)
+            trainer = build_trainer(model, train_cfg, cpu, WORLD, total_steps=2, text_len=4)  # parallelizes
+            load_pretrained(cpu)
+
             checked = 0
             for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
                 if "lora_B" in name:
@@ -53,12 +62,15 @@ def check_rank(rank: int, store: str, folders: dict[str, str]) -> None:
                     assert torch.equal(tensor, expected[name]), f"{family}: {name}"
                 checked += 1
             assert checked > 10
-            # The sharded model trains: one forward and backward on both ranks.
+            # The optimizer built before loading updates the loaded parameters.
             size = model.image_size
             images = torch.randint(0, 256, (1, 2, 1, 3, size, size), dtype=torch.uint8)
             out = model(images, torch.tensor([[5, 6, 7, 0]]), torch.tensor([[1, 1, 1, 0]]))
             out.pose.float().sum().backward()
-            assert torch.isfinite(model.action_token.grad.full_tensor()).all()
+            before = model.action_token.full_tensor().clone()
+            trainer.optimizer.step()
+            assert not torch.equal(model.action_token.full_tensor(), before)
+            assert trainer.tokens_per_frame > size // 28
     finally:
         dist.destroy_process_group()
 

@@ -131,6 +131,15 @@ def test_the_instruction_reaches_the_lm_whatever_the_padding_side(published_mode
 
 
 @pytest.mark.parametrize("family", FAMILIES)
+def test_vision_tokens_read_off_the_config_are_the_towers(published_models, family):
+    model, _ = published_models[family]
+    size = model.image_size
+    with torch.no_grad():
+        tokens = model.backbone.encode_images(torch.zeros(1, 3, size, size))
+    assert model.backbone.vision_tokens(size) == tokens.shape[1]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
 def test_forward_and_backward(published_folders, family):
     torch.manual_seed(0)
     model = build_model(model_config(published_folders[family], family))

@@ -2,11 +2,16 @@
 
 The torchtitan pattern, for training workers::
 
-    model = build_sharded_model(cfg.model, lambda m: parallelize(m, tcfg, device, world_size), device, dtype)
+    model = build_model(cfg.model, dtype=dtype, backbone_on_meta=True)
+    load = pretrained_loader(model)
+    parallelize(model, tcfg, device, world_size)
+    load(device)
+
+``build_sharded_model`` does the same with any sharding function. What happens:
 
 1. the backbone is built on the meta device (no memory, no init); the head, the action token and
    every buffer are real (small, and initialized as usual);
-2. ``shard`` applies FSDP2: each parameter becomes a DTensor sharded on dim 0, still on meta;
+2. ``parallelize`` applies FSDP2: each parameter becomes a DTensor sharded on dim 0, still on meta;
 3. ``to_empty`` allocates each rank's shard only, in the training precision;
 4. every shard is filled from the checkpoint's safetensors, reading just this rank's rows
    (``safe_open(...).get_slice(key)[start:stop]``), one tensor at a time.
@@ -40,29 +45,49 @@ Reader = Callable[[slice | None], torch.Tensor]  # rows of dim 0 (None: the whol
 def build_sharded_model(
     cfg: ModelConfig, shard: Callable[[VLAModel], object], device: torch.device, dtype: torch.dtype
 ) -> VLAModel:
-    """``cfg``'s model in ``dtype``, sharded by ``shard`` (e.g. ``parallelize``), pretrained weights loaded per rank.
+    """``cfg``'s model held in ``dtype``, sharded by ``shard`` (e.g. ``parallelize``), pretrained weights read per rank.
 
     Without ``cfg.pretrained_path`` (tiny backbones) the model is built whole, then sharded.
     """
-    if cfg.pretrained_path is None:
-        model = build_model(cfg, dtype=dtype)
-        shard(model)
-        return model
-    model = build_model(cfg, dtype=dtype, backbone_on_meta=True)
+    model = build_model(cfg, dtype=dtype, backbone_on_meta=cfg.pretrained_path is not None)
+    load = pretrained_loader(model)
+    shard(model)
+    load(device)
+    return model
+
+
+def training_weights_dtype(compute_dtype: torch.dtype) -> torch.dtype:
+    """What a training worker holds the weights in: bf16 when it computes in bf16 (no fp32 copy
+    anywhere), else fp32 (fp16 compute keeps fp32 weights: its gradient scaler needs them)."""
+    return torch.bfloat16 if compute_dtype == torch.bfloat16 else torch.float32
+
+
+def pretrained_loader(model: VLAModel) -> Callable[[torch.device], None]:
+    """Call on a model built with ``backbone_on_meta`` before sharding it; call what it returns after.
+
+    Before: the real tensors (head, action token, buffers) are kept aside and every meta
+    parameter is matched to the checkpoint (a missing one raises ``ConfigError`` here, before
+    any memory is taken). After: each rank allocates its shards on ``device`` and reads them in.
+    A model with nothing on meta (a tiny backbone) needs nothing: the returned call does nothing.
+    """
     initial = {name: tensor.detach().clone() for name, tensor in _tensors(model) if not tensor.is_meta}
     stored = [name for name, _ in _tensors(model) if name not in initial and not is_lora_parameter(name)]
-    checkpoint = checkpoint_readers(cfg.pretrained_path, model, stored)  # every name checked before sharding
-    shard(model)
-    model.to_empty(device=device)
-    with torch.no_grad():
-        for name, tensor in _tensors(model):
-            if name in initial:
-                _fill(tensor, lambda rows, value=initial[name]: value if rows is None else value[rows])
-            elif is_lora_parameter(name):
-                _init_lora(name, tensor)
-            else:
-                _fill(tensor, checkpoint[name])
-    return model
+    if not stored:
+        return lambda device: None
+    checkpoint = checkpoint_readers(model.config.pretrained_path, model, stored)
+
+    def load(device: torch.device) -> None:
+        model.to_empty(device=device)
+        with torch.no_grad():
+            for name, tensor in _tensors(model):
+                if name in initial:
+                    _fill(tensor, lambda rows, value=initial[name]: value if rows is None else value[rows])
+                elif is_lora_parameter(name):
+                    _init_lora(name, tensor)
+                else:
+                    _fill(tensor, checkpoint[name])
+
+    return load
 
 
 def checkpoint_readers(folder: str, model: VLAModel, names: list[str]) -> dict[str, Reader]:

@@ -79,6 +79,11 @@ class Backbone(nn.Module, ABC):
         """What an any-size tower's input side must be a multiple of."""
         return 1
 
+    def vision_tokens(self, image_size: int) -> int:
+        """LM tokens ``encode_images`` gives per image of ``image_size`` px, read off the config
+        (no weights needed: also on a model whose parameters are still on the meta device)."""
+        return (image_size // self.hf_config.vision_config.patch_size) ** 2
+
     # What the policy calls
     @abstractmethod
     def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:

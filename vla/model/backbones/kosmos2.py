@@ -26,6 +26,9 @@ class Kosmos2Backbone(Backbone):
         self.image_to_text_projection = vlm.image_to_text_projection
         self.text_model = vlm.text_model.model  # the LM body; its output head is left behind
 
+    def vision_tokens(self, image_size: int) -> int:
+        return self.hf_config.latent_query_num  # the resampler's queries
+
     def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         # The LM multiplies every input embedding by ``embed_scale`` itself.
         return self.text_model.embed_tokens(input_ids)

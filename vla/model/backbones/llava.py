@@ -31,6 +31,12 @@ class LlavaBackbone(ProjectorVLMBackbone):
         ).pooler_output
         return torch.stack(list(features))  # one entry per image
 
+    def vision_tokens(self, image_size: int) -> int:
+        patches = super().vision_tokens(image_size)
+        has_class_token = self.hf_config.vision_config.model_type.startswith("clip")
+        keeps_it = self.hf_config.vision_feature_select_strategy == "full"
+        return patches + int(has_class_token and keeps_it)
+
     def unused_modules(self) -> list[nn.Module]:
         """Tower parts past the feature layer LLaVA reads (e.g. the last block for layer -2), pooling heads."""
         tower = self.model.vision_tower

@@ -28,6 +28,9 @@ class Qwen2VLBackbone(Backbone):
         vision = hf_config.vision_config
         return vision.patch_size * vision.spatial_merge_size
 
+    def vision_tokens(self, image_size: int) -> int:
+        return (image_size // self.size_multiple(self.hf_config)) ** 2  # after the 2x2 patch merger
+
     def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.language_model.embed_tokens(input_ids)
 
