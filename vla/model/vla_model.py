@@ -94,7 +94,8 @@ def build_model(
         add_lora(backbone, cfg)
     model = VLAModel(cfg, backbone)
     if dtype != torch.float32:
-        model.to(dtype)
+        for param in model.parameters():  # buffers keep their dtype (rotary frequencies stay fp32)
+            param.data = param.data.to(dtype)
         model.head.float()  # as in training: an LSTM in bf16 fails on fp32 inputs
     apply_trainable(model, cfg)
     return model
