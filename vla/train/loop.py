@@ -23,7 +23,6 @@ import yaml
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from vla.config import Config, resolve_config
-from vla.data import iter_batches
 from vla.model import build_model, count_parameters, save_export
 from vla.model.export import NORMALIZATION_FILE, RUN_CONFIG_FILE
 from vla.train.checkpoint import TrainState, load_checkpoint, save_checkpoint, state_fingerprint
@@ -90,7 +89,7 @@ def validate(model: torch.nn.Module, val_shard, cfg: Config, device: torch.devic
     model.eval()
     sums: dict[str, float] = {}
     count = 0
-    batches = iter_batches(val_shard, cfg.data, epoch=0)
+    batches = val_shard.batches(epoch=0)
     for batch in synced(batches, device):
         metrics = forward_loss(model, to_device(batch, device))
         for key, value in metrics.items():
@@ -178,8 +177,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     shard_numel = sum(p.to_local().numel() for p in model.parameters())
     base_metrics = {"trainable_params": trainable, "total_params": total, "local_param_numel": shard_numel}
 
-    train_shard = ray.train.get_dataset_shard(cfg.data.train_split)
-    val_shard = ray.train.get_dataset_shard(cfg.data.val_split) if tcfg.val_every else None
+    train_shard = loop_config["streams"][cfg.data.train_split]  # vla.data.WindowStream
+    val_shard = loop_config["streams"][cfg.data.val_split] if tcfg.val_every else None
     timer = StepTimer()
     last_val: dict[str, float] = {}
     window_metrics: dict[str, float] = {}
@@ -188,9 +187,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     model.train()
 
     while state.step < total_steps and (tcfg.max_steps or state.epoch < tcfg.epochs):
-        batches = iter_batches(train_shard, cfg.data, epoch=state.epoch)
-        for _ in range(state.batch_in_epoch):
-            next(batches, None)
+        batches = train_shard.batches(epoch=state.epoch, rank=rank, world_size=world_size, skip=state.batch_in_epoch)
         for batch in synced(batches, device):
             timer.data_ready()
             batch = to_device(batch, device)
