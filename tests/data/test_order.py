@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vla.data import DataConfig
-from vla.data.plan import EpisodeIndex, batch_diversity, epoch_plan, ideal_diversity
+from vla.data.plan import EpisodeIndex, batch_diversity, epoch_plan, ideal_diversity, read_episode_index
 
 
 def index_of(lengths) -> EpisodeIndex:
@@ -92,3 +92,26 @@ def test_ideal_diversity_matches_sampling():
     labels = np.repeat(np.arange(4), [1, 2, 3, 10])
     sampled = np.mean([len(set(rng.permutation(labels)[:4])) for _ in range(20000)])
     assert ideal_diversity(index, stride=1, batch_size=4) == pytest.approx(sampled, abs=0.02)
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_the_schedule_counts_the_windows_the_stream_makes(synthetic_dataset, stride):
+    """With stride > 1 an episode of S steps has ceil(S / stride) windows; the schedule once
+    counted ceil(total steps / stride), fewer than the stream makes."""
+    import pyarrow.parquet as pq
+
+    from vla.config import load_config
+    from vla.data import count_windows, load_metadata
+    from vla.train.launch import total_steps_of
+
+    meta = load_metadata(synthetic_dataset)
+    steps = np.concatenate([pq.read_table(f"{synthetic_dataset}/{s.file}", columns=["num_steps"])["num_steps"].to_numpy()
+                            for s in meta.splits["train"].shards])
+    expected = int(sum(-(-steps // stride)))
+    cfg = load_config(None, [f"data.path={synthetic_dataset}", f"data.stride={stride}", "data.batch_size=2",
+                             "train.num_workers=2", "train.grad_accum_steps=1"])
+    assert count_windows(cfg.data, "train") == expected
+    assert total_steps_of(cfg) == expected // 4
+    plans = [epoch_plan(read_episode_index(synthetic_dataset, "train"), cfg.data, epoch=0, rank=r, world_size=2,
+                        shuffle=True) for r in range(2)]
+    assert sum(map(len, plans)) == expected // 2 * 2
