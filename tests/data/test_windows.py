@@ -118,3 +118,16 @@ def test_resuming_never_decodes_the_episodes_it_skips(ray_session, marker_datase
     assert round(float(resumed[0]["actions"][0, 0, 0, 0]) * 100) == 1
     with pytest.raises(DataError, match=r"episode 0, field image_static\[1\]: image does not decode"):
         as_numpy(windows.batches(epoch=0))
+
+
+def test_random_shift_equals_replicate_pad_then_crop():
+    from vla.data.transforms import shift_clamped
+
+    src = np.random.default_rng(0).integers(0, 255, (4, 3, 9, 11), dtype=np.uint8)
+    for pad in (1, 3):
+        padded = np.pad(src, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="edge")
+        for dy in range(-pad, pad + 1):
+            for dx in range(-pad, pad + 1):
+                shifted = np.empty_like(src)
+                shift_clamped(shifted, src, dy, dx)
+                np.testing.assert_array_equal(shifted, padded[..., pad + dy:pad + dy + 9, pad + dx:pad + dx + 11])
