@@ -10,16 +10,20 @@ written as Parquet episodes, PNG or JPEG. Printed:
   ``frames/s / views`` windows/s per core (stride 1: one window per step, each frame decoded once);
 - the plain single-process loop (same transforms, no Ray) and the Ray stream, consumed here as
   a training worker consumes it; the stream's ratio to ``num_cpus x`` the per-core bound;
-- peak memory of the consuming worker (RSS above its level before streaming; decoded episodes
-  it holds are mapped from the object store and count here) against the bound
+- peak memory of the consuming worker (RSS above its level before the timed epoch; the decoded
+  episodes it holds are mapped from the object store and count here) against the bound
   ``(open_episodes + decode_ahead) x episode + (prefetch_batches + 1) x batch``;
 - distinct episodes per batch of the plan against the ideal (a uniform shuffle of all windows);
-- with ``--compare-encodings``: the decode rate of the same frames as PNG and as JPEG (q95).
+- with ``--compare-encodings``: the decode rate of the same frames as PNG and as JPEG (q95);
+- with ``--lerobot``: episodes/frames per second of one core reading a video-backed LeRobot v3
+  folder (h264, a keyframe every 2 frames as LeRobot encodes) against the per-frame Parquet
+  path (the same folder converted, JPEG), both decoded and resized as the decode tasks do.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import threading
@@ -62,6 +66,73 @@ def write_dataset(root: str, episodes: int, steps: int, size: int, encoding: str
             actions[:, 6] = np.sign(actions[:, 6]) + (actions[:, 6] == 0)
             images = {camera: camera_frames(rng, steps, size) for camera in ("static", "wrist")}
             writer.write(Episode(instruction=f"task {i % 7}", actions=actions, images=images), "train")
+
+
+def write_lerobot_v3(root: str, episodes: int, steps: int, size: int, fps: int = 10) -> None:
+    """A LeRobot v3.0 folder: one data file, each camera one h264 video holding every episode."""
+    import av
+    import pyarrow as pa
+
+    rng = np.random.default_rng(0)
+    keys = ["observation.images.top", "observation.images.wrist"]
+    frames = {key: [camera_frames(rng, steps, size) for _ in range(episodes)] for key in keys}
+    for key in keys:
+        os.makedirs(f"{root}/videos/{key}/chunk-000")
+        with av.open(f"{root}/videos/{key}/chunk-000/file-000.mp4", "w") as container:
+            stream = container.add_stream("h264", rate=fps, options={"g": "2"})
+            stream.height = stream.width = size
+            stream.pix_fmt = "yuv420p"
+            for pts, image in enumerate(np.concatenate(frames[key])):
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                frame.pts = pts
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+    total = episodes * steps
+    actions = rng.uniform(-1, 1, (total, 7)).astype(np.float32)
+    actions[:, 6] = np.where(actions[:, 6] > 0, 1.0, -1.0)
+    os.makedirs(f"{root}/data/chunk-000")
+    os.makedirs(f"{root}/meta/episodes/chunk-000")
+    pq.write_table(pa.table({"action": pa.array(actions.tolist(), pa.list_(pa.float32(), 7)),
+                             "timestamp": pa.array(np.tile(np.arange(steps) / fps, episodes), pa.float32()),
+                             "frame_index": np.tile(np.arange(steps), episodes),
+                             "episode_index": np.repeat(np.arange(episodes), steps),
+                             "task_index": np.zeros(total, np.int64)}), f"{root}/data/chunk-000/file-000.parquet")
+    starts = np.arange(episodes) * steps / fps
+    pq.write_table(pa.table({"episode_index": np.arange(episodes), "length": np.full(episodes, steps),
+                             "data/chunk_index": np.zeros(episodes, np.int64),
+                             "data/file_index": np.zeros(episodes, np.int64),
+                             **{f"videos/{key}/{name}": value for key in keys for name, value in (
+                                 ("chunk_index", np.zeros(episodes, np.int64)), ("file_index", np.zeros(episodes, np.int64)),
+                                 ("from_timestamp", starts), ("to_timestamp", starts + steps / fps))}}),
+                   f"{root}/meta/episodes/chunk-000/file-000.parquet")
+    pq.write_table(pa.table({"task_index": [0], "task": ["pick up the block"]}), f"{root}/meta/tasks.parquet")
+    features = {key: {"dtype": "video", "shape": [size, size, 3]} for key in keys}
+    features["action"] = {"dtype": "float32", "shape": [7]}
+    info = {"codebase_version": "v3.0", "fps": fps, "features": features, "splits": {"train": f"0:{episodes}"},
+            "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+            "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"}
+    with open(f"{root}/meta/info.json", "w") as f:
+        json.dump(info, f)
+
+
+def lerobot_rates(work: str, episodes: int, steps: int, size: int, out_size: int) -> None:
+    """One core: frames/s of the video decode tasks against the converted per-frame Parquet path."""
+    from vla.data.converters.lerobot import convert_lerobot
+    from vla.data.lerobot_stream import build_lerobot_stream
+
+    write_lerobot_v3(f"{work}/lerobot", episodes, steps, size)
+    convert_lerobot(f"{work}/lerobot", f"{work}/lerobot-parquet", val_episodes=0, image_encoding="jpeg")
+    shape = dict(window_size=1, fwd_pred_next_n=1, image_size=out_size, tokenizer_dir=f"{work}/tok", train=False)
+    video = build_lerobot_stream(f"{work}/lerobot", DataConfig(), "train", val_episodes=0, **shape)
+    parquet = build_window_stream(DataConfig(path=f"{work}/lerobot-parquet"), "train", **shape)
+    for name, stream in (("LeRobot h264 video", video), ("Parquet JPEG frames", parquet)):
+        start = time.perf_counter()
+        for address in stream.index.addresses:
+            stream.reader(*address)
+        seconds = time.perf_counter() - start
+        frames = 2 * int(stream.index.num_steps.sum())
+        print(f"{name:19s} decode : {frames / seconds:8.0f} frames/s on one core "
+              f"({len(stream.index.addresses) / seconds:.1f} episodes/s)")
 
 
 def decode_rate(root: str, size: int, seconds: float = 3.0) -> float:
@@ -124,6 +195,7 @@ def main() -> None:
     parser.add_argument("--num-cpus", type=int, default=2, help="Ray CPUs (decode tasks run on them)")
     parser.add_argument("--open-episodes", type=int, default=DataConfig.open_episodes)
     parser.add_argument("--compare-encodings", action="store_true", help="decode rate of PNG vs JPEG")
+    parser.add_argument("--lerobot", action="store_true", help="video-backed LeRobot v3 vs per-frame Parquet decode")
     args = parser.parse_args()
     shape = SHAPES[args.shape]
 
@@ -149,7 +221,8 @@ def main() -> None:
           f"{plain_n / plain_s / bound:.2f} x the one-core bound)")
 
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-    sum(len(b["actions"]) for b in stream.batches(epoch=99))  # warm up Ray workers (imports), not timed
+    for _, _ in zip(range(2), stream.batches(epoch=99)):  # warm up the Ray workers (imports), not timed
+        pass
     memory = PeakRSS()
     ray_n, ray_s = timed(lambda: sum(len(b["actions"]) for b in stream.batches(epoch=0)))
     peak = memory.stop()
@@ -179,6 +252,8 @@ def main() -> None:
             size = sum(os.path.getsize(f) for f in split_files(root, load_metadata(root), "train", cfg.cameras)) / 2**21
             print(f"{encoding.upper():4s} decode, one core   : {decode_rate(root, shape['out_size']):8.0f} frames/s "
                   f"({size:.1f} MB per episode stored)")
+    if args.lerobot:
+        lerobot_rates(work, 8, shape["steps"], shape["image_size"], shape["out_size"])
     ray.shutdown()
 
 

@@ -12,9 +12,8 @@ from vla.data.plan import EpisodeIndex, batch_diversity, epoch_plan, ideal_diver
 
 def index_of(lengths) -> EpisodeIndex:
     lengths = np.asarray(lengths, np.int64)
-    count = len(lengths)
-    return EpisodeIndex(files=["f"], file=np.zeros(count, np.int64), row_group=np.zeros(count, np.int64),
-                        row=np.arange(count), episode_id=np.arange(count) + 1000, num_steps=lengths)
+    return EpisodeIndex(episode_id=np.arange(len(lengths)) + 1000, num_steps=lengths,
+                        addresses=[("f", 0, row) for row in range(len(lengths))])
 
 
 @pytest.fixture(scope="module")

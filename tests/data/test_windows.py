@@ -107,11 +107,11 @@ def test_resuming_never_decodes_the_episodes_it_skips(ray_session, marker_datase
     root = shutil.copytree(marker_dataset, tmp_path / "ds")
     cfg = DataConfig(path=str(root), normalization="none", batch_size=2, open_episodes=1)
     windows = stream(cfg, tokenizer_dir, train=False)  # stored order: episode 0 (3 windows) first
-    index = windows.index
-    file = index.files[index.file[0]]
+    file, row_group, row = windows.index.addresses[0]
+    assert row_group == 0
     table = pq.read_table(file)
     rows = table.to_pylist()
-    rows[int(index.row[0])]["image_static"][1] = b"\x89PNG garbage"
+    rows[row]["image_static"][1] = b"\x89PNG garbage"
     pq.write_table(pa.Table.from_pylist(rows, schema=table.schema), file)
     assert [int(e) for e in windows.plan(epoch=0).episode[:4]] == [0, 0, 0, 1]
     resumed = as_numpy(windows.batches(epoch=0, skip=2))  # batches 0-1 hold windows 0-3

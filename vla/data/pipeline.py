@@ -24,7 +24,7 @@ import functools
 import json
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,12 +113,23 @@ def window_batcher(data_cfg: DataConfig, *, window_size: int, fwd_pred_next_n: i
     return WindowBatcher(CutWindows(window_size, fwd_pred_next_n, data_cfg.stride), augment, data_cfg.seed)
 
 
-def read_episode(chain: EpisodeChain, root: str, file: str, row_group: int, row: int) -> dict:
-    """One stored episode through ``chain`` (the body of a decode task)."""
-    fs, _ = open_root(root)
-    with fs.open_input_file(file) as f:
-        table = pq.ParquetFile(f).read_row_group(row_group, columns=episode_columns(chain.cameras))
-    return chain({**table.slice(row, 1).to_pylist()[0], "path": file})
+@dataclass
+class ParquetEpisodes:
+    """Reads one stored episode and runs ``chain`` on it (the body of a decode task)."""
+
+    root: str
+    chain: EpisodeChain
+
+    def __call__(self, file: str, row_group: int, row: int) -> dict:
+        fs, _ = open_root(self.root)
+        with fs.open_input_file(file) as f:
+            table = pq.ParquetFile(f).read_row_group(row_group, columns=episode_columns(self.chain.cameras))
+        return self.chain({**table.slice(row, 1).to_pylist()[0], "path": file})
+
+
+def read_episode(reader, *address) -> dict:
+    """The body of a decode task: ``reader`` (a ``ParquetEpisodes``, ``LeRobotEpisodes``) at ``address``."""
+    return reader(*address)
 
 
 @functools.cache
@@ -136,7 +147,7 @@ class WindowStream:
     data_cfg: DataConfig
     split: str
     index: EpisodeIndex
-    decode: EpisodeChain  # runs in Ray tasks, once per episode and epoch
+    reader: Callable[..., dict]  # called in Ray tasks with an episode's address, once per episode and epoch
     tokenize: Tokenize  # runs in the worker, once per episode and epoch
     batcher: WindowBatcher
     train: bool
@@ -186,19 +197,17 @@ class EpisodeFetcher:
         self.submitted: dict[int, object] = {}  # episode -> ObjectRef of its decode task
         self.held: dict[int, dict] = {}  # episode -> decoded and tokenized episode
         self.next = 0
-        self.chain = None
+        self.reader = None
 
     def _submit_until(self, position: int) -> None:
         import ray
 
-        if self.chain is None:
-            self.chain = ray.put(self.stream.decode)
-        index, root = self.stream.index, self.stream.data_cfg.path
+        if self.reader is None:
+            self.reader = ray.put(self.stream.reader)
         while self.next < len(self.order) and (self.first_use[self.next] <= position
                                                or len(self.submitted) < self.stream.data_cfg.decode_ahead):
             e = int(self.order[self.next])
-            self.submitted[e] = decode_task().remote(self.chain, root, index.files[index.file[e]],
-                                                     int(index.row_group[e]), int(index.row[e]))
+            self.submitted[e] = decode_task().remote(self.reader, *self.stream.index.addresses[e])
             self.next += 1
 
     def get(self, episode: int, position: int) -> dict:
@@ -279,7 +288,7 @@ def build_window_stream(data_cfg: DataConfig, split: str, *, window_size: int, f
         data_cfg=data_cfg,
         split=split,
         index=read_episode_index(data_cfg.path, split),
-        decode=decode_chain(data_cfg, meta, image_size),
+        reader=ParquetEpisodes(data_cfg.path, decode_chain(data_cfg, meta, image_size)),
         tokenize=Tokenize(load_tokenizer(tokenizer_dir), data_cfg.max_text_len),
         batcher=window_batcher(data_cfg, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n, train=train),
         train=train,

@@ -28,14 +28,11 @@ from vla.data.metadata import DataError, load_metadata, open_root
 
 @dataclass(frozen=True)
 class EpisodeIndex:
-    """Where every episode of a split lives (file, row group, row in it) and its length."""
+    """The episodes of a split: id, length, and where each lives (its reader's arguments)."""
 
-    files: list[str]  # shard paths, as the root's filesystem names them
-    file: np.ndarray  # [E] index into ``files``
-    row_group: np.ndarray  # [E]
-    row: np.ndarray  # [E] row inside its row group
     episode_id: np.ndarray  # [E]
     num_steps: np.ndarray  # [E]
+    addresses: list[tuple]  # [E] Parquet: (file, row group, row in it)
 
     def windows_per_episode(self, stride: int) -> np.ndarray:
         return -(-self.num_steps // stride)
@@ -47,20 +44,17 @@ def read_episode_index(root: str, split: str) -> EpisodeIndex:
     if split not in meta.splits:
         raise DataError(f"{root}: no split {split!r} (splits: {', '.join(meta.splits) or 'none'})")
     fs, path = open_root(root)
-    files, columns = [], {k: [] for k in ("file", "row_group", "row", "episode_id", "num_steps")}
-    for number, shard in enumerate(meta.splits[split].shards):
-        files.append(f"{path}/{shard.file}")
-        with fs.open_input_file(files[-1]) as f:
+    ids, steps, addresses = [], [], []
+    for shard in meta.splits[split].shards:
+        file = f"{path}/{shard.file}"
+        with fs.open_input_file(file) as f:
             parquet = pq.ParquetFile(f)
             for group in range(parquet.num_row_groups):
                 table = parquet.read_row_group(group, columns=["episode_id", "num_steps"])
-                columns["file"].append(np.full(len(table), number))
-                columns["row_group"].append(np.full(len(table), group))
-                columns["row"].append(np.arange(len(table)))
-                columns["episode_id"].append(table["episode_id"].to_numpy())
-                columns["num_steps"].append(table["num_steps"].to_numpy())
-    arrays = {k: np.concatenate(v).astype(np.int64) if v else np.zeros(0, np.int64) for k, v in columns.items()}
-    return EpisodeIndex(files=files, **arrays)
+                ids += table["episode_id"].to_pylist()
+                steps += table["num_steps"].to_pylist()
+                addresses += [(file, group, row) for row in range(len(table))]
+    return EpisodeIndex(np.asarray(ids, np.int64), np.asarray(steps, np.int64), addresses)
 
 
 def count_windows(data_cfg: DataConfig, split: str) -> int:
