@@ -131,3 +131,25 @@ def test_random_shift_equals_replicate_pad_then_crop():
                 shifted = np.empty_like(src)
                 shift_clamped(shifted, src, dy, dx)
                 np.testing.assert_array_equal(shifted, padded[..., pad + dy:pad + dy + 9, pad + dx:pad + dx + 11])
+
+
+def test_batched_windows_are_padded_and_cropped_frames_of_their_episode():
+    from vla.data.transforms import RandomShift, WindowBatcher
+
+    rng = np.random.default_rng(0)
+    steps, pads = 5, [2, 1]
+    episode = {"images": rng.integers(0, 255, (steps, 2, 3, 12, 12), dtype=np.uint8),
+               "actions": rng.normal(size=(steps, 7)).astype(np.float32),
+               "input_ids": np.arange(4), "attention_mask": np.ones(4, np.int64)}
+    batch = WindowBatcher(CutWindows(3, 2), RandomShift(pads), None, seed=3)([episode] * steps, list(range(steps)),
+                                                                              [7] * steps, 1)
+    shifts = set()
+    for start in range(steps):
+        offsets = RandomShift(pads).offsets(np.random.default_rng([3, 1, 7, start]))  # the window's own generator
+        frames = np.minimum(start + np.arange(3), steps - 1)
+        for v, ((dy, dx), pad) in enumerate(zip(offsets, pads)):
+            padded = np.pad(episode["images"][frames, v], ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="edge")
+            np.testing.assert_array_equal(batch["images"][start, :, v],
+                                          padded[..., pad + dy:pad + dy + 12, pad + dx:pad + dx + 12])
+            shifts.add((dy, dx))
+    assert len(shifts) > 2

@@ -104,13 +104,14 @@ def decode_chain(data_cfg: DataConfig, meta: DatasetMetadata, image_size: int) -
 
 
 def window_batcher(data_cfg: DataConfig, *, window_size: int, fwd_pred_next_n: int, train: bool) -> WindowBatcher:
-    augment = []
-    if train and (data_cfg.shift_static or data_cfg.shift_wrist):
-        augment.append(RandomShift([data_cfg.shift_static if v == 0 else data_cfg.shift_wrist
-                                    for v in range(len(data_cfg.cameras))]))
-    if train and data_cfg.color_jitter > 0:
-        augment.append(ColorJitter(data_cfg.color_jitter))
-    return WindowBatcher(CutWindows(window_size, fwd_pred_next_n, data_cfg.stride), augment, data_cfg.seed)
+    shift = train and (data_cfg.shift_static or data_cfg.shift_wrist)
+    return WindowBatcher(
+        CutWindows(window_size, fwd_pred_next_n, data_cfg.stride),
+        shift=RandomShift([data_cfg.shift_static if v == 0 else data_cfg.shift_wrist
+                           for v in range(len(data_cfg.cameras))]) if shift else None,
+        jitter=ColorJitter(data_cfg.color_jitter) if train and data_cfg.color_jitter > 0 else None,
+        seed=data_cfg.seed,
+    )
 
 
 @dataclass

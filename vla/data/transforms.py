@@ -3,7 +3,7 @@
 Episode-level transforms (``EpisodeChain``) run once per episode in a Ray task: decode each
 frame once, tokenize the instruction once, normalize the actions once. Windows are cut at batch
 time by ``WindowBatcher``: an index view into the decoded episode, copied once into the batch,
-then augmented (``RandomShift``, ``ColorJitter``) with a generator seeded by the window.
+then augmented (``RandomShift`` during the copy, ``ColorJitter``) with a generator seeded by the window.
 """
 
 from __future__ import annotations
@@ -153,22 +153,27 @@ def shift_clamped(dst: np.ndarray, src: np.ndarray, dy: int, dx: int) -> None:
         dst[..., :-dy, :] = dst[..., -dy:1 - dy, :]
 
 
+def copy_window(dst: np.ndarray, images: np.ndarray, start: int, offsets: list[tuple[int, int]]) -> None:
+    """Frames ``start .. start + T - 1`` of ``images [S, V, 3, H, W]`` into ``dst [T, V, 3, H, W]``,
+    camera ``v`` shifted by ``offsets[v]`` (``shift_clamped``); past the episode's end the last
+    frame repeats. Slice copies straight from the decoded episode: its only copy."""
+    inside = min(len(dst), len(images) - start)
+    for v, (dy, dx) in enumerate(offsets):
+        shift_clamped(dst[:inside, v], images[start:start + inside, v], dy, dx)
+    dst[inside:] = dst[inside - 1]
+
+
 @dataclass
 class RandomShift:
     """Replicate-pad each camera by ``pads[v]`` pixels and crop back at a random offset, one offset
-    per camera shared by the window's frames (RoboVLMs: 10 static, 4 wrist at 224); done as a
-    shifted copy plus edge replication (the same pixels as padding then cropping)."""
+    per camera shared by the window's frames (RoboVLMs: 10 static, 4 wrist at 224); applied by
+    ``copy_window`` as a shifted copy plus edge replication (the same pixels as padding then cropping)."""
 
     pads: list[int]
 
-    def __call__(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """``images [T, V, 3, H, W]`` of one window, changed in place."""
-        for v, pad in enumerate(self.pads):
-            if pad <= 0:
-                continue
-            dy, dx = rng.integers(0, 2 * pad + 1, size=2) - pad
-            shift_clamped(images[:, v], images[:, v].copy(), int(dy), int(dx))
-        return images
+    def offsets(self, rng: np.random.Generator) -> list[tuple[int, int]]:
+        return [tuple(int(o) for o in rng.integers(-pad, pad + 1, size=2)) if pad > 0 else (0, 0)
+                for pad in self.pads]
 
 
 @dataclass
@@ -191,18 +196,19 @@ class ColorJitter:
 @dataclass
 class WindowBatcher:
     """Cuts a batch of windows out of decoded episodes, straight into the batch arrays (the only
-    copy of the frames), and augments each window with its own generator, seeded by
-    ``(seed, epoch, episode, start)``: the same window gets the same augmentation whichever rank
-    or batch it lands in."""
+    copy of the frames), augmenting each window with its own generator seeded by ``(seed, epoch,
+    episode, start)``: the same window gets the same augmentation whichever rank or batch it lands in."""
 
     cut: CutWindows
-    augment: list
+    shift: RandomShift | None
+    jitter: ColorJitter | None
     seed: int
 
     def __call__(self, episodes: list[dict], starts: list[int], keys: list[int], epoch: int) -> dict[str, np.ndarray]:
         """Window ``i`` is ``starts[i]`` of ``episodes[i]``; ``keys[i]`` names the episode for its seed."""
         first = episodes[0]
         size, (T, N) = len(starts), (self.cut.window_size, self.cut.fwd_pred_next_n)
+        views = first["images"].shape[1]
         batch = {
             "images": np.empty((size, T, *first["images"].shape[1:]), np.uint8),
             "input_ids": np.empty((size, *first["input_ids"].shape), np.int64),
@@ -212,14 +218,14 @@ class WindowBatcher:
         }
         for i, (episode, start, key) in enumerate(zip(episodes, starts, keys)):
             steps = len(episode["actions"])
-            np.take(episode["images"], self.cut.frames(start, steps), axis=0, out=batch["images"][i])
+            rng = np.random.default_rng([self.seed, epoch, key, start]) if self.shift or self.jitter else None
+            offsets = self.shift.offsets(rng) if self.shift else [(0, 0)] * views
+            copy_window(batch["images"][i], episode["images"], start, offsets)
+            if self.jitter:
+                self.jitter(batch["images"][i], rng)
             step = self.cut.action_steps(start)
             batch["actions"][i] = episode["actions"][np.minimum(step, steps - 1)]
             batch["action_mask"][i] = step < steps
             batch["input_ids"][i] = episode["input_ids"]
             batch["attention_mask"][i] = episode["attention_mask"]
-            if self.augment:
-                rng = np.random.default_rng([self.seed, epoch, key, start])
-                for transform in self.augment:
-                    transform(batch["images"][i], rng)
         return batch
