@@ -186,14 +186,14 @@ def test_activation_checkpointing_keeps_gradients_and_bf16_fp16_runs_learn():
 
 
 class Batches:
-    """A validation shard as ``iter_batches`` reads it (``iter_torch_batches``), from tensors."""
+    """A validation stream as ``validate`` reads it (``WindowStream.batches``), from tensors."""
 
-    def __init__(self, batches: list[dict[str, torch.Tensor]]):
-        self.batches = batches
+    def __init__(self, items: list[dict[str, torch.Tensor]]):
+        self.items = items
         self.taken = 0
 
-    def iter_torch_batches(self, **_):
-        for batch in self.batches:
+    def batches(self, **_):
+        for batch in self.items:
             self.taken += 1
             yield batch
 
@@ -221,7 +221,7 @@ def _hsdp_and_validation(rank: int) -> None:
     metrics = validate(trainer, shard, Config(model=TINY, train=train_cfg))
     assert shard.taken == 2
     with torch.no_grad():
-        own_sum = sum(forward_loss(trainer.model.eval(), b)["loss"] for b in shard.batches[:2])
+        own_sum = sum(forward_loss(trainer.model.eval(), b)["loss"] for b in shard.items[:2])
     dist.all_reduce(own_sum)
     torch.testing.assert_close(metrics["val_loss"], float(own_sum) / 4, rtol=1e-5, atol=0)
     both = [torch.empty(()) for _ in range(WORLD)]

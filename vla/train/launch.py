@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from ray.train import UserCallback
 
 from vla.config import Config
 from vla.configuration import ConfigError, to_dict
-from vla.data import ActionNormalizer, DatasetMetadata, build_window_dataset, load_metadata
+from vla.data import ActionNormalizer, build_window_stream, count_windows, load_metadata
 from vla.data.converters.synthetic import convert_synthetic
 from vla.data.metadata import METADATA_FILE
 from vla.model import build_tokenizer, run_image_size
@@ -59,20 +58,9 @@ def total_steps(cfg: Config, num_windows: int) -> int:
     return cfg.train.epochs * per_epoch
 
 
-def count_windows(metadata: DatasetMetadata, cfg: Config) -> int:
-    """Training windows per epoch: one per start index (every ``data.stride``-th step)."""
-    split = metadata.splits.get(cfg.data.train_split)
-    if split is None:
-        raise ConfigError(
-            f"data.train_split: {cfg.data.path} has no split {cfg.data.train_split!r} "
-            f"(splits: {', '.join(metadata.splits)})"
-        )
-    return math.ceil(split.steps / cfg.data.stride)
-
-
 def total_steps_of(cfg: Config) -> int:
     """``total_steps`` with the window count read from the dataset's metadata."""
-    return total_steps(cfg, count_windows(load_metadata(cfg.data.path), cfg))
+    return total_steps(cfg, count_windows(cfg.data, cfg.data.train_split))
 
 
 DEMO_DATA_DIR = "~/.cache/vla/synthetic"
@@ -125,7 +113,7 @@ def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = ()) -> TorchT
     image_size = run_image_size(cfg.model)  # frames are resized once, to the size the model runs at
 
     def windows(split: str, train: bool):
-        return build_window_dataset(
+        return build_window_stream(
             cfg.data,
             split,
             window_size=cfg.model.window_size,
@@ -135,10 +123,10 @@ def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = ()) -> TorchT
             train=train,
         )
 
-    datasets = {cfg.data.train_split: windows(cfg.data.train_split, train=True)}
+    streams = {cfg.data.train_split: windows(cfg.data.train_split, train=True)}
     if cfg.train.val_every:
-        datasets[cfg.data.val_split] = windows(cfg.data.val_split, train=False)
-    steps = total_steps(cfg, count_windows(metadata, cfg))
+        streams[cfg.data.val_split] = windows(cfg.data.val_split, train=False)
+    steps = total_steps(cfg, count_windows(cfg.data, cfg.data.train_split))
 
     resources = {"CPU": cfg.train.cpus_per_worker}
     if cfg.train.use_gpu:
@@ -150,6 +138,7 @@ def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = ()) -> TorchT
             "run_dir": run_dir,
             "total_steps": steps,
             "normalization_json": normalization_json,
+            "streams": streams,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources
@@ -163,8 +152,6 @@ def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = ()) -> TorchT
             ),
             callbacks=list(callbacks),
         ),
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=list(datasets)),  # equal shards: validation too
     )
 
 

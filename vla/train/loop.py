@@ -9,9 +9,9 @@ micro-batches, clipping, the optimizer and the schedule), ``maybe_log``, ``maybe
 No step waits for the device needlessly: losses and metrics stay on the device as detached
 sums and are reduced across ranks and read on the host only on the steps that log, validate
 or report. There is no per-batch "does every rank still have data" all-reduce:
-Ray Train splits the training and validation splits with ``streaming_split(equal=True)``, so
-every rank gets the same number of rows, hence of batches, and all ranks leave an epoch after
-the same batch (a resumed run skips the same ``batch_in_epoch`` on each).
+each rank's plan of the training and validation splits (``vla.data.WindowStream``) holds the
+same number of windows, hence of batches, and all ranks leave an epoch after the same batch (a
+resumed run skips the same ``batch_in_epoch`` on each, without decoding them).
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from vla.config import Config, resolve_config
-from vla.data import iter_batches
 from vla.model import build_model, count_parameters, pretrained_loader, save_export, training_weights_dtype
 from vla.train.checkpoint import TrainState, load_checkpoint, save_checkpoint, state_fingerprint
 from vla.train.parallelize import param_dtype_for, reshard
@@ -100,9 +99,8 @@ def batch_stream(run: Run, train_shard) -> Iterator[Batch]:
     ``epoch`` and ``batch_in_epoch`` on the next batch to take."""
     state, tcfg = run.state, run.cfg.train
     while tcfg.max_steps or state.epoch < tcfg.epochs:
-        batches = iter_batches(train_shard, run.cfg.data, epoch=state.epoch)
-        for _ in range(state.batch_in_epoch):
-            next(batches, None)
+        batches = train_shard.batches(epoch=state.epoch, rank=dist.get_rank(), world_size=dist.get_world_size(),
+                                      skip=state.batch_in_epoch)
         for batch in batches:
             state.batch_in_epoch += 1
             yield batch
@@ -139,7 +137,8 @@ def validate(trainer: Trainer, val_shard, cfg: Config) -> dict[str, float]:
     per_rank = math.ceil(cfg.train.val_batches / trainer.world_size)
     sums = MetricSums()
     model.eval()
-    for batch in itertools.islice(iter_batches(val_shard, cfg.data, epoch=0), per_rank):
+    batches = val_shard.batches(epoch=0, rank=dist.get_rank(), world_size=trainer.world_size)
+    for batch in itertools.islice(batches, per_rank):
         sums.add(forward_loss(model, to_device(batch, trainer.device)))
     reshard(model)
     model.train()
@@ -256,8 +255,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     run_dir: str = loop_config["run_dir"]
     context = ray.train.get_context()
     run = build_run(cfg, run_dir, loop_config["total_steps"], context.get_world_rank(), context.get_world_size())
-    train_shard = ray.train.get_dataset_shard(cfg.data.train_split)
-    val_shard = ray.train.get_dataset_shard(cfg.data.val_split) if cfg.train.val_every else None
+    train_shard = loop_config["streams"][cfg.data.train_split]  # vla.data.WindowStream
+    val_shard = loop_config["streams"][cfg.data.val_split] if cfg.train.val_every else None
     batches = batch_stream(run, train_shard)
     run.trainer.model.train()
 
