@@ -59,7 +59,8 @@ def write_safetensors(path: Path, tensors: list[tuple[str, torch.Size, torch.dty
     header, offset = {"__metadata__": {"format": "pt"}}, 0
     for name, shape, dtype, _ in tensors:
         size = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
-        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        header[name] = {"dtype": SAFETENSORS_DTYPES[dtype], "shape": list(shape),
+                        "data_offsets": [offset, offset + size]}
         offset += size
     encoded = json.dumps(header).encode()
     encoded += b" " * (-len(encoded) % 8)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -86,3 +88,13 @@ def test_a_folder_without_weights_is_a_config_error(tmp_path):
     (folder / "model.safetensors").unlink()
     with pytest.raises(ConfigError, match="kosmos2 has no model.safetensors or model.safetensors.index.json"):
         build_sharded_model(model_config("kosmos2", str(folder)), lambda m: None, torch.device("cpu"), torch.float32)
+
+
+def test_a_config_that_contradicts_the_weights_is_a_config_error(tmp_path):
+    folder = build_published_folder("qwen2vl", tmp_path / "qwen2vl")
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"]["intermediate_size"] = 48  # the saved MLP weights are 64 wide
+    (folder / "config.json").write_text(json.dumps(config))
+    expected = r"gate_proj.weight of shape \[64, 32\], but .*qwen2vl/config.json makes it \[48, 32\]"
+    with pytest.raises(ConfigError, match=expected):
+        build_sharded_model(model_config("qwen2vl", str(folder)), lambda m: None, torch.device("cpu"), torch.float32)

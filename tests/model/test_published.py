@@ -85,7 +85,8 @@ def test_no_special_id_anywhere_is_a_config_error_naming_family_and_folder(publi
 @pytest.mark.parametrize("side", ["published", "other"])
 def test_lrn_follows_the_instructions_last_real_token(published_models, family, side):
     model, tokenizer = published_models[family]
-    padding_side = PADDING_SIDE[family] if side == "published" else {"left": "right", "right": "left"}[PADDING_SIDE[family]]
+    published = PADDING_SIDE[family]
+    padding_side = published if side == "published" else {"left": "right", "right": "left"}[published]
     texts = ["open the drawer", "pick up the red block"]
     ids, mask = tokenize(tokenizer, texts, padding_side)
     backbone = model.backbone

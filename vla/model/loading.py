@@ -108,12 +108,18 @@ def checkpoint_readers(folder: str, model: VLAModel, names: list[str]) -> dict[s
             name = "model." + _rename(name[len("model."):], base_rules)
         stored[name] = (root / file, key)
     readers, missing = {}, []
+    shapes = dict(_tensors(model))
     for name in names:
         hf_name = _hf_name(type(backbone).hf_prefixes, name)
         if hf_name not in stored:
             missing.append(name)
             continue
         path, key = stored[hf_name]
+        with safe_open(str(path), framework="pt") as f:
+            shape = tuple(f.get_slice(key).get_shape())
+        if shape != tuple(shapes[name].shape):
+            raise ConfigError(f"model.pretrained_path: {path} holds {key} of shape {list(shape)}, "
+                              f"but {root}/config.json makes it {list(shapes[name].shape)}")
         readers[name] = lambda rows, path=path, key=key: _read(path, key, rows)
     if missing:
         raise ConfigError(f"model.pretrained_path: {root} holds no weights for {len(missing)} parameter(s) "

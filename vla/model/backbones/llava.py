@@ -17,7 +17,9 @@ class LlavaBackbone(ProjectorVLMBackbone):
     default_image_std = CLIP_STD
 
     @classmethod
-    def from_vlm(cls, vlm: LlavaForConditionalGeneration, tokenizer, pretrained_dir: str | None = None) -> "LlavaBackbone":
+    def from_vlm(
+        cls, vlm: LlavaForConditionalGeneration, tokenizer, pretrained_dir: str | None = None
+    ) -> "LlavaBackbone":
         backbone = super().from_vlm(vlm, tokenizer, pretrained_dir)
         if pretrained_dir is None and vlm.config.vision_config.model_type.startswith("siglip"):
             backbone.image_mean, backbone.image_std = HALF, HALF
