@@ -119,12 +119,13 @@ class ParquetEpisodes:
     """Reads one stored episode and runs ``chain`` on it (the body of a decode task)."""
 
     root: str
+    cameras: list[str]
     chain: EpisodeChain
 
     def __call__(self, file: str, row_group: int, row: int) -> dict:
         fs, _ = open_root(self.root)
         with fs.open_input_file(file) as f:
-            table = pq.ParquetFile(f).read_row_group(row_group, columns=episode_columns(self.chain.cameras))
+            table = pq.ParquetFile(f).read_row_group(row_group, columns=episode_columns(self.cameras))
         return self.chain({**table.slice(row, 1).to_pylist()[0], "path": file})
 
 
@@ -289,7 +290,7 @@ def build_window_stream(data_cfg: DataConfig, split: str, *, window_size: int, f
         data_cfg=data_cfg,
         split=split,
         index=read_episode_index(data_cfg.path, split),
-        reader=ParquetEpisodes(data_cfg.path, decode_chain(data_cfg, meta, image_size)),
+        reader=ParquetEpisodes(data_cfg.path, data_cfg.cameras, decode_chain(data_cfg, meta, image_size)),
         tokenize=Tokenize(load_tokenizer(tokenizer_dir), data_cfg.max_text_len),
         batcher=window_batcher(data_cfg, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n, train=train),
         train=train,

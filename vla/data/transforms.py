@@ -89,10 +89,6 @@ class EpisodeChain:
 
     transforms: list
 
-    @property
-    def cameras(self) -> list[str]:
-        return self.transforms[0].cameras
-
     def __call__(self, row: dict) -> dict:
         for transform in self.transforms:
             row = transform(row)
