@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import torch
 
 from vla.data.config import DataConfig
-from vla.data.episodes import Problem, check_schema
+from vla.data.episodes import Problem, camera_frame_sizes, check_schema
 from vla.data.metadata import ACTION_DIM, DataError, DatasetMetadata, image_column, load_metadata, open_root
 from vla.data.stats import ActionNormalizer
 from vla.data.transforms import (
@@ -103,7 +103,7 @@ def episode_to_windows(data_cfg: DataConfig, meta: DatasetMetadata, *, window_si
         augment.append(ColorJitter(data_cfg.color_jitter))
     return EpisodeToWindows(
         episode_transforms=[
-            CheckRow(cameras),
+            CheckRow(cameras, camera_frame_sizes(meta.cameras, cameras)),
             DecodeImages(cameras, image_size),
             Tokenize(tokenizer, data_cfg.max_text_len),
             Normalize(ActionNormalizer.from_metadata(meta, data_cfg)),

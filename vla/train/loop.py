@@ -26,7 +26,14 @@ from vla.config import Config, resolve_config
 from vla.data import iter_batches
 from vla.model import build_model, count_parameters, save_export
 from vla.model.export import NORMALIZATION_FILE, RUN_CONFIG_FILE
-from vla.train.checkpoint import TrainState, load_checkpoint, save_checkpoint, state_fingerprint
+from vla.train.checkpoint import (
+    TrainState,
+    choose_resume_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    state_fingerprint,
+)
+from vla.train.faults import maybe_kill_after_checkpoint
 from vla.train.parallelize import parallelize, reshard
 from vla.train.progress import RunLogger, StepTimer
 from vla.train.schedule import build_scheduler
@@ -158,9 +165,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     )
 
     state = TrainState()
-    resumed = ray.train.get_checkpoint()
+    resumed = choose_resume_checkpoint(run_dir, ray.train.get_checkpoint())
     if resumed is not None:
-        with resumed.as_directory() as directory:
+        with ray.train.Checkpoint(resumed).as_directory() as directory:
             state = load_checkpoint(Path(directory), model, optimizer, scheduler)
     seed_everything(tcfg.seed + 1000 * rank + state.step)
     fingerprint = state_fingerprint(model, optimizer) if resumed is not None else None
@@ -168,6 +175,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     logger = None
     if rank == 0:
         logger = RunLogger(run_dir, cfg.run.name, cfg.run.wandb_project, cfg.run.wandb_mode, cfg.to_dict())
+        logger.cut_after(state.step)
         if fingerprint is not None:
             logger.log(state.step, {"resumed_fingerprint": fingerprint})
         log.info(
@@ -234,6 +242,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if is_checkpoint_step or state.step == total_steps:
                 _checkpoint_and_report(model, optimizer, scheduler, state, report, logger)
                 last_checkpoint_step = state.step
+                maybe_kill_after_checkpoint(state.step, tcfg.inject_kill_at_step, run_dir)
                 if logger is not None:
                     logger.sync()
             elif tcfg.val_every and state.step % tcfg.val_every == 0:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vla.train.storage import is_uri, upload
+from vla.train.storage import exists, is_uri, read_bytes, upload
 
 log = logging.getLogger("vla.train")
 
@@ -114,6 +114,16 @@ class RunLogger:
                 dir=str(self.local_dir),
                 config=config,
             )
+
+    def cut_after(self, step: int) -> None:
+        """Drop the records of steps after ``step``: a run resumed there logs them again."""
+        remote = f"{self.run_dir}/{METRICS_FILE}"
+        if is_uri(self.run_dir) and exists(remote):
+            self.metrics_path.write_bytes(read_bytes(remote))
+        kept = [json.dumps(r) + "\n" for r in read_metrics(self.metrics_path) if r["step"] <= step]
+        partial = self.metrics_path.with_suffix(".partial")
+        partial.write_text("".join(kept))
+        partial.replace(self.metrics_path)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
