@@ -1,0 +1,86 @@
+"""Per-request latency of the policy server, JSON vs msgpack, for 2 x 224 px frames.
+
+    python benchmarks/server_latency.py [--export DIR] [--requests 50]
+
+Without --export a tiny untrained policy (hidden 32, 1 layer, image_size 32) is built, so the
+figures are dominated by transport (encoding, HTTP, decoding, resizing 224 -> the model's size).
+Prints median and p90 milliseconds per /act and the request size for each transport, and the
+same policy's ``act`` called in process (no transport) for reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+
+import msgpack
+import numpy as np
+import torch
+import yaml
+
+from vla.config import load_config
+from vla.data import ActionNormalizer, ActionStats
+from vla.model import build_model, save_export
+from vla.policy import Policy, PolicyClient, PolicyServer
+from vla.policy.server import encode_observation
+
+TINY = ["model.tiny_hidden_size=32", "model.tiny_num_layers=1", "model.window_size=4",
+        "model.head_hidden_size=32", "model.head_num_layers=1"]
+
+
+def tiny_export(directory: str) -> str:
+    cfg = load_config(None, TINY)
+    torch.manual_seed(0)
+    stats = ActionStats(count=1, min=[-1.0] * 7, max=[1.0] * 7, mean=[0.0] * 7, std=[1.0] * 7,
+                        q01=[-1.0] * 7, q99=[1.0] * 7)
+    normalizer = ActionNormalizer.from_stats(stats, cfg.data.normalization, cfg.data.clip_bound)
+    extra = {"config.yaml": yaml.safe_dump(cfg.to_dict(), sort_keys=False),
+             "normalization.json": json.dumps(normalizer.to_dict())}
+    save_export(directory, build_model(cfg.model), extra_files=extra)
+    return directory
+
+
+def measure(act, observation: dict, requests: int) -> list[float]:
+    act(observation)  # session opened, first-call costs paid
+    times = []
+    for _ in range(requests):
+        start = time.perf_counter()
+        act(observation)
+        times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def show(name: str, times: list[float], size: str = "") -> None:
+    p90 = statistics.quantiles(times, n=10)[-1]
+    print(f"{name:10s} median {statistics.median(times):7.2f} ms   p90 {p90:7.2f} ms   {size}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--export")
+    parser.add_argument("--requests", type=int, default=50)
+    args = parser.parse_args()
+    export = args.export or tiny_export(tempfile.mkdtemp(prefix="vla_bench_export_"))
+    policy = Policy.load(export)
+    rng = np.random.default_rng(0)
+    observation = {"images": {c: rng.integers(0, 256, (224, 224, 3), dtype=np.uint8)
+                              for c in policy.preprocessor.cameras}, "instruction": "pick up the red block"}
+    server = PolicyServer(policy).start()
+    try:
+        print(f"{len(policy.preprocessor.cameras)} x 224 px frames, {args.requests} requests per transport")
+        for transport in ("json", "msgpack"):
+            binary = transport == "msgpack"
+            body = {"session": "x" * 16, "observations": [encode_observation(observation, binary)]}
+            size = len(msgpack.packb(body)) if binary else len(json.dumps(body).encode())
+            times = measure(PolicyClient(server.url, transport=transport).act, observation, args.requests)
+            show(transport, times, f"request {size / 1024:.1f} KiB")
+        show("in process", measure(Policy.load(export).act, observation, args.requests))
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
