@@ -28,6 +28,7 @@ import pyarrow.fs as pafs
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
     get_optimizer_state_dict,
@@ -264,7 +265,7 @@ def load_checkpoint(
     }
     try:
         dcp.load(sharded, checkpoint_id=str(directory))
-    except Exception as err:  # DCP wraps every rank's failure (truncated zip, unpickling, ...)
+    except (CheckpointException, Exception) as err:  # DCP gathers every rank's failure (a BaseException)
         raise CheckpointError(
             f"checkpoint {directory} (step {record['train_state']['step']}) cannot be loaded: "
             f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"

@@ -193,7 +193,8 @@ class RunLogger:
         remote = f"{self.run_dir}/{METRICS_FILE}"
         if is_uri(self.run_dir) and exists(remote):
             self.metrics_path.write_bytes(read_bytes(remote))
-        kept = [json.dumps(r) + "\n" for r in read_metrics(self.metrics_path) if r["step"] <= step]
+        lines = self.metrics_path.read_text().splitlines() if self.metrics_path.is_file() else []
+        kept = [line + "\n" for line in lines if (found := _step_of(line)) is not None and found <= step]
         partial = self.metrics_path.with_suffix(".partial")
         partial.write_text("".join(kept))
         partial.replace(self.metrics_path)
@@ -231,6 +232,14 @@ class RunLogger:
             upload(plot, f"{self.run_dir}/{PLOT_FILE}")
         self.sync()
         return plot
+
+
+def _step_of(line: str) -> int | None:
+    """The step of one metrics record; None for a line torn by a killed writer."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
