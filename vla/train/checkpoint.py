@@ -199,10 +199,11 @@ def newest_intact_checkpoint(run_dir: str, registered: str | None = None) -> str
     killed just after a save leaves a newer complete checkpoint on disk than Ray's latest.
     Every checkpoint skipped on the way is named in a warning.
     """
-    candidates = dict((folder, step) for step, folder in checkpoints_on_disk(run_dir))
-    if registered is not None and registered not in candidates:
-        match = CHECKPOINT_NAME.match(registered.rstrip("/").rsplit("/", 1)[-1])
-        candidates[registered] = int(match.group(1)) if match else -1
+    candidates = {folder: step for step, folder in checkpoints_on_disk(run_dir)}
+    if registered is not None:  # Ray's path (without a URI scheme on object storage): in the run folder
+        name = registered.rstrip("/").rsplit("/", 1)[-1]
+        match = CHECKPOINT_NAME.match(name)
+        candidates.setdefault(f"{run_dir.rstrip('/')}/{name}", int(match.group(1)) if match else -1)
     for folder, _ in sorted(candidates.items(), key=lambda item: item[1], reverse=True):
         damage = checkpoint_damage(folder)
         if damage is None:
