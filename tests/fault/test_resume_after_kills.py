@@ -37,10 +37,10 @@ def assert_resumed_exactly(run_dir: Path, steps: list[int]) -> None:
     assert [k for k, n in keys.items() if n > 1] == [], "metrics.jsonl holds a step twice"
 
 
-def wait_for_intact(folder: Path, process: subprocess.Popen, timeout: float) -> None:
+def wait_for_intact(folder: Path, process: subprocess.Popen, log: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not (folder.is_dir() and checkpoint_damage(str(folder)) is None):
-        assert process.poll() is None, "the driver ended before its checkpoint"
+        assert process.poll() is None, f"the driver ended before its checkpoint: {log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, f"{folder} never became complete"
         time.sleep(0.2)
 
@@ -54,10 +54,12 @@ def test_every_rerun_resumes_from_the_newest_intact_checkpoint(ray_session, tiny
 
     # 1. kill -9 of the driver (a subprocess on the session's cluster) once step 6 is on disk.
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
-    driver = subprocess.Popen([sys.executable, str(ROOT / "pipelines/train.py"), *base, "train.max_steps=30",
-                               "run.export=false"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "driver.log"
+    with log.open("w") as output:
+        driver = subprocess.Popen([sys.executable, str(ROOT / "pipelines/train.py"), *base, "train.max_steps=30",
+                                   "run.export=false"], env=env, stdout=output, stderr=subprocess.STDOUT)
     try:
-        wait_for_intact(run_dir / "checkpoint_step0000006", driver, timeout=240)
+        wait_for_intact(run_dir / "checkpoint_step0000006", driver, log, timeout=240)
     finally:
         os.kill(driver.pid, signal.SIGKILL)
         driver.wait()
