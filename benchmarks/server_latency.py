@@ -71,13 +71,19 @@ def main() -> None:
     server = PolicyServer(policy).start()
     try:
         print(f"{len(policy.preprocessor.cameras)} x 224 px frames, {args.requests} requests per transport")
-        for transport in ("json", "msgpack"):
-            binary = transport == "msgpack"
-            body = {"session": "x" * 16, "observations": [encode_observation(observation, binary)]}
-            size = len(msgpack.packb(body)) if binary else len(json.dumps(body).encode())
-            times = measure(PolicyClient(server.url, transport=transport).act, observation, args.requests)
-            show(transport, times, f"request {size / 1024:.1f} KiB")
-        show("in process", measure(Policy.load(export).act, observation, args.requests))
+        acts = {"json": PolicyClient(server.url).act, "msgpack": PolicyClient(server.url, transport="msgpack").act,
+                "in process": Policy.load(export).act}
+        times = {name: [] for name in acts}
+        for _ in range(args.requests):  # interleaved, so load changes hit every transport alike
+            for name, act in acts.items():
+                times[name] += measure(act, observation, 1)
+        for name in acts:
+            size = ""
+            if name != "in process":
+                body = {"session": "x" * 16, "observations": [encode_observation(observation, name == "msgpack")]}
+                size = len(msgpack.packb(body)) if name == "msgpack" else len(json.dumps(body).encode())
+                size = f"request {size / 1024:.1f} KiB"
+            show(name, times[name], size)
     finally:
         server.stop()
 
