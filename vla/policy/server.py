@@ -40,6 +40,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from vla.model import ActionStepper
 from vla.policy.policy import Observation, Policy
 
 ROUTES = ("/session", "/act", "/reset", "/close")
@@ -118,7 +119,7 @@ def decode_observation(value: Any, field: str, cameras: list[str]) -> Observatio
 def session_policy(policy: Policy) -> Policy:
     """A policy that shares ``policy``'s model but holds a state (histories) of its own."""
     session = copy.copy(policy)
-    session.reset()  # reset() binds a new, empty history to this copy only
+    session.stepper = ActionStepper(policy.model)  # the histories live in the stepper
     return session
 
 
