@@ -19,7 +19,6 @@ import time
 import msgpack
 import numpy as np
 import torch
-import yaml
 
 from vla.config import load_config
 from vla.data import ActionNormalizer, ActionStats
@@ -37,9 +36,7 @@ def tiny_export(directory: str) -> str:
     stats = ActionStats(count=1, min=[-1.0] * 7, max=[1.0] * 7, mean=[0.0] * 7, std=[1.0] * 7,
                         q01=[-1.0] * 7, q99=[1.0] * 7)
     normalizer = ActionNormalizer.from_stats(stats, cfg.data.normalization, cfg.data.clip_bound)
-    extra = {"config.yaml": yaml.safe_dump(cfg.to_dict(), sort_keys=False),
-             "normalization.json": json.dumps(normalizer.to_dict())}
-    save_export(directory, build_model(cfg.model), extra_files=extra)
+    save_export(directory, build_model(cfg.model), run_config=cfg.to_dict(), normalization=normalizer.to_dict())
     return directory
 
 
