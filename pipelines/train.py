@@ -5,7 +5,7 @@
     ray job submit --working-dir . -- python pipelines/train.py --config configs/NAME.yaml
 
 With no RAY_ADDRESS a local Ray instance starts; with one, the run joins that cluster.
-Re-running with the same run.name resumes from the run's latest checkpoint.
+Re-running with the same run.name resumes from the run's newest intact checkpoint.
 """
 
 from __future__ import annotations
@@ -41,10 +41,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return 0
+    from vla.data import DataError
     from vla.train.launch import run_training  # imports Ray and torch: not needed for --dry-run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    result = run_training(cfg)
+    try:
+        result = run_training(cfg)  # config and data are checked before Ray starts or anything is written
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"run folder:  {result.run_dir}")
     print(f"checkpoint:  {result.checkpoint}")
     print(f"policy:      {result.export_dir}")

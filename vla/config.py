@@ -7,6 +7,7 @@ The resolved config is saved with every run (``config.yaml`` in the run folder).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,11 +45,28 @@ def resolve_config(data: dict[str, Any], overrides: list[str] = ()) -> Config:
     return from_dict(Config, data)
 
 
+ERROR_KEY = re.compile(r"^(?:unknown config key )?([\w.\[\]]+)[: ]")
+
+
+def error_source(message: str, path: str | Path | None, overrides: list[str]) -> str:
+    """Where the value a ``ConfigError`` names came from: the command-line override setting its
+    key (the last one wins), else the file, else the defaults."""
+    match = ERROR_KEY.match(message)
+    key = match.group(1) if match else ""
+    for text in reversed(overrides):
+        name = text.split("=", 1)[0].strip()
+        if key == name or key.startswith((f"{name}.", f"{name}[")) or name.startswith(f"{key}."):
+            return f"from the command line: {text}"
+    return f"in {path}" if path is not None else "in the defaults"
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
-    """The config of ``path`` (defaults when None) with ``overrides`` applied, validated."""
+    """The config of ``path`` (defaults when None) with ``overrides`` applied, validated.
+
+    Every ``ConfigError`` says where the bad value came from: the file or the command line.
+    """
     data = load_yaml(path) if path is not None else {}
     try:
         return resolve_config(data, overrides)
     except ConfigError as err:
-        where = f" (in {path})" if path is not None else ""
-        raise ConfigError(f"{err}{where}") from None
+        raise ConfigError(f"{err} ({error_source(str(err), path, list(overrides))})") from None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -149,14 +151,15 @@ def test_validate_reports_every_problem_not_just_the_first(dataset, tmp_path):
     assert any("part-00009.parquet: shard is not listed" in p for p in problems)
 
 
-def test_a_failed_rewrite_leaves_no_finished_dataset_behind(dataset, tokenizer_dir):
-    """Converting into an old dataset's folder and failing must not leave the old metadata.json
-    claiming shards the new writer has already replaced."""
+def test_a_failed_rewrite_leaves_the_old_dataset_as_it_was(dataset):
+    """Converting into an old dataset's folder and failing leaves the old dataset byte for byte."""
+    before = {p: p.read_bytes() for p in Path(dataset).rglob("*") if p.is_file()}
     with pytest.raises(DataError, match="field actions"):
         with EpisodeWriter(dataset, ["static", "wrist"]) as writer:
             writer.write(marker_episode(0, 4), "train")
             bad = marker_episode(1, 4)
             bad.actions = bad.actions[:, :6]
             writer.write(bad, "train")
-    with pytest.raises(DataError, match="metadata.json: not found"):
-        build(dataset, tokenizer_dir)
+    assert {p: p.read_bytes() for p in Path(dataset).rglob("*") if p.is_file()} == before
+    assert not [p for p in Path(dataset).parent.iterdir() if ".partial-" in p.name]
+    assert validate_dataset(dataset) == []

@@ -1,5 +1,13 @@
 """Episodes in memory: the ``Episode`` a converter writes, image coding, and the checks every
-stored episode must pass (shared by the writer, the training pipeline and ``validate``)."""
+stored episode must pass (shared by the writer, the training pipeline and ``validate``).
+
+The one set of data checks (``row_problems`` and ``frame_problems``): at least one step, an
+action of 7 finite values per step with the gripper in {-1, +1}, a non-empty instruction (an
+episode without one cannot teach a language-conditioned policy, so it is refused, not
+guessed), one frame per step and camera, every frame RGB (3 channels: grayscale and RGBA are
+refused, not converted) and of the camera's size in ``metadata.json``. The writer also refuses
+images of cameras it was not told about.
+"""
 
 from __future__ import annotations
 
@@ -89,8 +97,12 @@ def check_schema(schema: pa.Schema, cameras: list[str], file: str) -> list[Probl
     return problems
 
 
-def row_problems(row: dict, cameras: list[str], file: str) -> list[Problem]:
-    """Structural problems of one stored episode row (lengths, action values); images not decoded."""
+FrameSizes = dict[str, tuple[int, int]]  # camera -> (height, width)
+
+
+def row_problems(row: dict, cameras: list[str], file: str, frame_sizes: FrameSizes | None = None) -> list[Problem]:
+    """Problems of one stored episode row (lengths, action values, instruction and, with
+    ``frame_sizes``, every frame's size and channels read from its header, not decoded)."""
     episode, steps = row["episode_id"], row["num_steps"]
     problems = []
 
@@ -100,6 +112,8 @@ def row_problems(row: dict, cameras: list[str], file: str) -> list[Problem]:
     if not steps or steps < 1:
         bad("num_steps", f"an episode needs at least one step, got {steps}")
         return problems
+    if not str(row.get("instruction") or "").strip():
+        bad("instruction", "is empty: every episode needs a language instruction")
     actions = row["actions"] or []
     if len(actions) != steps:
         bad("actions", f"{len(actions)} actions for {steps} steps")
@@ -116,7 +130,37 @@ def row_problems(row: dict, cameras: list[str], file: str) -> list[Problem]:
         frames = row.get(image_column(camera)) or []
         if len(frames) != steps:
             bad(image_column(camera), f"{len(frames)} frames for {steps} steps")
+    if frame_sizes is not None:
+        problems += frame_problems(row, frame_sizes, file)
     return problems
+
+
+def frame_problems(row: dict, frame_sizes: FrameSizes, file: str, *, decode: bool = False) -> list[Problem]:
+    """Frames of ``row`` that are not RGB of their camera's ``(height, width)``; ``decode`` also
+    decodes every frame (catching corrupt data past the header), otherwise only headers are read."""
+    problems = []
+    for camera, (height, width) in frame_sizes.items():
+        for step, data in enumerate(row.get(image_column(camera)) or []):
+            field = f"{image_column(camera)}[{step}]"
+            try:
+                with Image.open(io.BytesIO(data)) as img:
+                    if decode:
+                        img.load()
+                    mode, (w, h) = img.mode, img.size
+            except Exception as err:  # PIL raises many kinds for corrupt bytes
+                problems.append(Problem(file, f"image does not decode: {err}", row["episode_id"], field))
+                continue
+            if mode != "RGB":
+                problems.append(Problem(file, f"image is {mode}, expected RGB (3 channels)", row["episode_id"], field))
+            if (h, w) != (height, width):
+                problems.append(Problem(file, f"image is {h}x{w}, metadata.json says {height}x{width}",
+                                        row["episode_id"], field))
+    return problems
+
+
+def camera_frame_sizes(cameras: dict, names: list[str]) -> FrameSizes:
+    """``(height, width)`` of each camera in ``names`` from the metadata's ``CameraInfo`` map."""
+    return {name: (cameras[name].height, cameras[name].width) for name in names if name in cameras}
 
 
 def row_actions(row: dict) -> np.ndarray:

@@ -33,7 +33,7 @@ import pyarrow.parquet as pq
 import torch
 
 from vla.data.config import DataConfig
-from vla.data.episodes import Problem, check_schema
+from vla.data.episodes import Problem, camera_frame_sizes, check_schema
 from vla.data.metadata import ACTION_DIM, DataError, DatasetMetadata, image_column, load_metadata, open_root
 from vla.data.plan import EpisodeIndex, EpochPlan, epoch_plan, read_episode_index
 from vla.data.stats import ActionNormalizer
@@ -99,7 +99,8 @@ def episode_columns(cameras: list[str]) -> list[str]:
 
 def decode_chain(data_cfg: DataConfig, meta: DatasetMetadata, image_size: int) -> EpisodeChain:
     """What a decode task does to a stored episode row (tokenizing happens in the worker)."""
-    return EpisodeChain([CheckRow(data_cfg.cameras), DecodeImages(data_cfg.cameras, image_size),
+    return EpisodeChain([CheckRow(data_cfg.cameras, camera_frame_sizes(meta.cameras, data_cfg.cameras)),
+                         DecodeImages(data_cfg.cameras, image_size),
                          Normalize(ActionNormalizer.from_metadata(meta, data_cfg))])
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from vla.data.episodes import decode_image, row_actions, row_problems
+from vla.data.episodes import FrameSizes, decode_image, row_actions, row_problems
 from vla.data.metadata import DataError, image_column
 from vla.data.stats import ActionNormalizer
 
@@ -26,9 +26,10 @@ class CheckRow:
     """Raise ``DataError`` (naming file, episode and field) for a malformed episode row."""
 
     cameras: list[str]
+    frame_sizes: FrameSizes | None = None  # camera -> (height, width) in metadata.json
 
     def __call__(self, row: dict) -> dict:
-        problems = row_problems(row, self.cameras, row.get("path", "<dataset>"))
+        problems = row_problems(row, self.cameras, row.get("path", "<dataset>"), self.frame_sizes)
         if problems:
             raise DataError("; ".join(map(str, problems)))
         return {**row, "actions": row_actions(row)}

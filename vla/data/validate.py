@@ -3,7 +3,8 @@
 Checked: metadata.json (present, parseable, counts, statistics finite), every shard (listed
 and present, readable, columns and types, unlisted extra shards), every episode (step
 counts, action length, finite actions, gripper in {-1, +1}, one frame per step and camera)
-and every frame (decodes, has the size in the metadata). Reads one row group at a time.
+and every frame (RGB, of the size in the metadata, and with ``decode_images`` decodes): the
+checks of ``vla.data.episodes`` that the writer and training apply too. Reads one row group at a time.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from vla.data.episodes import Problem, check_schema, decode_image, row_problems
-from vla.data.metadata import METADATA_FILE, DataError, DatasetMetadata, image_column, load_metadata, open_root
+from vla.data.episodes import Problem, camera_frame_sizes, check_schema, frame_problems, row_problems
+from vla.data.metadata import METADATA_FILE, DataError, DatasetMetadata, load_metadata, open_root
 from vla.data.pipeline import episode_columns
 
 
@@ -72,6 +73,9 @@ def _shard_problems(fs, path: str, file: str, meta: DatasetMetadata, decode: boo
         return None, [Problem(file, f"shard cannot be read: {err}")]
     with handle:
         problems = check_schema(parquet.schema_arrow, cameras, file)
+        problems += [Problem(file, "column of a camera that metadata.json does not list", field=name)
+                     for name in parquet.schema_arrow.names
+                     if name.startswith("image_") and name[len("image_"):] not in cameras]
         if problems:
             return parquet.metadata.num_rows, problems
         episodes = 0
@@ -84,22 +88,5 @@ def _shard_problems(fs, path: str, file: str, meta: DatasetMetadata, decode: boo
             for row in rows:
                 episodes += 1
                 problems += row_problems(row, cameras, file)
-                if decode:
-                    problems += _image_problems(row, meta, file)
+                problems += frame_problems(row, camera_frame_sizes(meta.cameras, cameras), file, decode=decode)
     return episodes, problems
-
-
-def _image_problems(row: dict, meta: DatasetMetadata, file: str) -> list[Problem]:
-    problems = []
-    for camera, info in meta.cameras.items():
-        for step, data in enumerate(row[image_column(camera)] or []):
-            field = f"{image_column(camera)}[{step}]"
-            try:
-                shape = decode_image(data).shape
-            except Exception as err:  # PIL raises many kinds for corrupt bytes
-                problems.append(Problem(file, f"image does not decode: {err}", row["episode_id"], field))
-                continue
-            if shape[:2] != (info.height, info.width):
-                problems.append(Problem(file, f"image is {shape[0]}x{shape[1]}, metadata.json says "
-                                        f"{info.height}x{info.width}", row["episode_id"], field))
-    return problems

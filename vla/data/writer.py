@@ -13,10 +13,20 @@ A converter is a few lines::
                 state=demo.proprio,                        # optional [S, D]
             ), split="train")
     # closing writes metadata.json, with action statistics from a streaming pass
+
+Nothing is lost when a conversion fails: on a local disk the writer fills a staging folder
+beside the target (``.<name>.partial-<id>``) and swaps it in only when ``metadata.json`` is
+written, so a failed or interrupted conversion leaves an old dataset at the target exactly as
+it was. Object storage has no rename: there the target's ``metadata.json`` is removed first
+and written last, so a failed conversion leaves no metadata claiming its shards (write to a
+new prefix to keep the old dataset).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -66,7 +76,8 @@ class EpisodeWriter:
     ``max_shard_bytes``: a shard is closed once it holds this many bytes; an episode is never
     split across shards. ``close()`` (or leaving the ``with`` block) writes ``metadata.json``
     with per-split counts and action statistics (``compute_stats=False`` skips them, for
-    partial outputs that ``merge_datasets`` combines).
+    partial outputs that ``merge_datasets`` combines) and swaps the staged dataset in;
+    leaving the block with an exception discards it. ``stage=False`` writes in place.
     """
 
     def __init__(
@@ -79,15 +90,15 @@ class EpisodeWriter:
         max_shard_bytes: int = DEFAULT_SHARD_BYTES,
         source: str = "custom",
         compute_stats: bool = True,
+        stage: bool = True,
     ):
-        if image_encoding not in ("png", "jpeg"):
-            raise ValueError(f"image_encoding must be 'png' or 'jpeg', got {image_encoding!r}")
-        if not cameras:
-            raise ValueError("cameras must name at least one camera")
-        self.root, self.cameras = root, list(cameras)
-        self.fs, self.path = open_root(root)
+        check_writer_args(root, cameras, image_encoding, jpeg_quality, max_shard_bytes)
+        self.target, self.cameras = root, list(cameras)
+        self.root = staging_folder(root) if stage and not is_uri(root) else root
+        self.fs, self.path = open_root(self.root)
+        if self.root == root:
+            forget_finished(root)
         self.fs.create_dir(self.path, recursive=True)
-        forget_finished(root)
         self.encoding, self.jpeg_quality = image_encoding, jpeg_quality
         self.max_shard_bytes, self.compute_stats = max_shard_bytes, compute_stats
         self.schema = episode_schema(self.cameras)
@@ -101,18 +112,20 @@ class EpisodeWriter:
     def __exit__(self, exc_type, *_) -> None:
         if exc_type is None:
             self.close()
-        else:
-            for shard in self._open.values():
-                shard.writer.close()
+            return
+        for shard in self._open.values():
+            shard.writer.close()
+        if self.root != self.target:
+            self.fs.delete_dir(self.path)
 
     def write(self, episode: Episode, split: str = "train") -> int:
         """Encode and append one episode to ``split``; returns its episode id."""
         ids = self._ids.setdefault(split, set())
         episode_id = len(ids) if episode.episode_id is None else int(episode.episode_id)
         if episode_id in ids:
-            raise DataError(f"{self.root}: split {split}: episode id {episode_id} written twice")
+            raise DataError(f"{self.target}: split {split}: episode id {episode_id} written twice")
         row = self._encode(episode, episode_id)
-        problems = row_problems(row, self.cameras, f"{self.root} ({split})")
+        problems = row_problems(row, self.cameras, f"{self.target} ({split})")
         if problems:
             raise DataError("; ".join(map(str, problems)))
         ids.add(episode_id)
@@ -135,12 +148,14 @@ class EpisodeWriter:
         if self.compute_stats:
             add_action_stats(self.root, self.meta)
         save_metadata(self.root, self.meta)
+        if self.root != self.target:
+            swap_in(self.root, self.target)
         return self.meta
 
     def _encode(self, episode: Episode, episode_id: int) -> dict:
         actions = np.asarray(episode.actions, np.float32)
         steps = len(actions)
-        where = f"{self.root}: episode {episode_id}"
+        where = f"{self.target}: episode {episode_id}"
         if actions.ndim != 2 or actions.shape[1] != ACTION_DIM:
             raise DataError(f"{where}, field actions: shape {actions.shape}, expected [steps, {ACTION_DIM}]")
         row = {
@@ -158,14 +173,18 @@ class EpisodeWriter:
                                 f"{self.meta.state_dim}")
             self.meta.state_dim = state.shape[1]
             row["state"] = state.tolist()
+        extra = sorted(set(episode.images) - set(self.cameras))
+        if extra:
+            raise DataError(f"{where}, field images: camera(s) {', '.join(extra)} not among the writer's cameras "
+                            f"({', '.join(self.cameras)})")
         for camera in self.cameras:
             frames = episode.images.get(camera)
             if frames is None:
                 raise DataError(f"{where}, field {image_column(camera)}: no images for camera {camera!r}")
             frames = np.asarray(frames)
-            if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3:
-                raise DataError(f"{where}, field {image_column(camera)}: expected [steps, H, W, 3] uint8, "
-                                f"got {frames.shape} {frames.dtype}")
+            if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[3] != 3 or 0 in frames.shape[1:3]:
+                raise DataError(f"{where}, field {image_column(camera)}: expected [steps, H, W, 3] uint8 RGB "
+                                f"with H, W >= 1, got {frames.shape} {frames.dtype}")
             info = CameraInfo(int(frames.shape[1]), int(frames.shape[2]), self.encoding)
             known = self.meta.cameras.setdefault(camera, info)
             if known != info:
@@ -198,6 +217,60 @@ class EpisodeWriter:
         info = self.meta.splits[split]
         info.episodes += shard.info.episodes
         info.steps += shard.info.steps
+
+
+def check_writer_args(root: str, cameras: list[str], image_encoding: str, jpeg_quality: int,
+                      max_shard_bytes: int) -> None:
+    """Refuse bad writer arguments, naming each, before anything is written."""
+    if not root:
+        raise DataError("output: must name a dataset folder")
+    if not cameras:
+        raise DataError("cameras: must name at least one camera")
+    if image_encoding not in ("png", "jpeg"):
+        raise DataError(f"image_encoding: must be 'png' or 'jpeg', got {image_encoding!r}")
+    if not 1 <= jpeg_quality <= 100:
+        raise DataError(f"jpeg_quality: must be in 1..100, got {jpeg_quality}")
+    if max_shard_bytes < 1:
+        raise DataError(f"max_shard_bytes: must be >= 1, got {max_shard_bytes}")
+    if not is_uri(root):
+        check_replaceable(root)
+
+
+def check_replaceable(root: str) -> None:
+    """A local target must be absent, empty, or a dataset: any other folder would be replaced whole."""
+    fs, path = open_root(root)
+    info = fs.get_file_info(path)
+    if info.type == FileType.NotFound:
+        return
+    if info.type != FileType.Directory:
+        raise DataError(f"{root}: exists and is not a folder")
+    if os.listdir(path) and fs.get_file_info(f"{path}/{METADATA_FILE}").type == FileType.NotFound:
+        raise DataError(f"{root}: a non-empty folder without {METADATA_FILE} is not a dataset this writer "
+                        "may replace; choose an empty or new folder")
+
+
+def is_uri(root: str) -> bool:
+    return "://" in root
+
+
+def staging_folder(root: str) -> str:
+    """A fresh folder beside ``root`` (same filesystem, so the final rename is atomic)."""
+    _, path = open_root(root)
+    parent, name = os.path.split(path)
+    return os.path.join(parent, f".{name}.partial-{uuid.uuid4().hex[:8]}")
+
+
+def swap_in(staging: str, root: str) -> None:
+    """Replace ``root`` by the complete dataset in ``staging`` (two renames, then the old one goes)."""
+    _, target = open_root(root)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    old = None
+    if os.path.exists(target):
+        old = f"{staging}.old"
+        os.rename(target, old)
+    os.rename(staging, target)
+    if old is not None:
+        shutil.rmtree(old)
 
 
 def forget_finished(root: str) -> None:
@@ -266,6 +339,8 @@ def write_dataset(
     ``max_shard_bytes=None`` keeps the writer's default.
     """
     writer_args["max_shard_bytes"] = max_shard_bytes or DEFAULT_SHARD_BYTES
+    check_writer_args(root, cameras, writer_args.get("image_encoding", "png"), writer_args.get("jpeg_quality", 95),
+                      writer_args["max_shard_bytes"])
     if not parallel:
         with EpisodeWriter(root, cameras, **writer_args) as writer, tqdm(desc=desc, unit="ep") as bar:
             for job in jobs:
@@ -276,22 +351,30 @@ def write_dataset(
 
     import ray
 
-    parts = [f"{root.rstrip('/')}/_parts/job-{i:05d}" for i in range(len(jobs))]
-    remote = ray.remote(_write_part)
-    pending = [remote.remote(part, job, cameras, writer_args) for part, job in zip(parts, jobs)]
-    with tqdm(total=len(pending), desc=f"{desc} (jobs)", unit="job") as bar:
-        while pending:
-            done, pending = ray.wait(pending)
-            ray.get(done)
-            bar.update(len(done))
-    meta = merge_datasets(root, parts)
-    fs, path = open_root(root)
-    fs.delete_dir(f"{path}/_parts")
+    staging = root if is_uri(root) else staging_folder(root)
+    fs, path = open_root(staging)
+    try:
+        parts = [f"{staging.rstrip('/')}/_parts/job-{i:05d}" for i in range(len(jobs))]
+        remote = ray.remote(_write_part)
+        pending = [remote.remote(part, job, cameras, writer_args) for part, job in zip(parts, jobs)]
+        with tqdm(total=len(pending), desc=f"{desc} (jobs)", unit="job") as bar:
+            while pending:
+                done, pending = ray.wait(pending)
+                ray.get(done)
+                bar.update(len(done))
+        meta = merge_datasets(staging, parts)
+        fs.delete_dir(f"{path}/_parts")
+    except BaseException:
+        if staging != root:
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+    if staging != root:
+        swap_in(staging, root)
     return meta
 
 
 def _write_part(part: str, job: Callable[[], Iterable[tuple[str, Episode]]], cameras: list[str],
                 writer_args: dict) -> None:
-    with EpisodeWriter(part, cameras, compute_stats=False, **writer_args) as writer:
+    with EpisodeWriter(part, cameras, compute_stats=False, stage=False, **writer_args) as writer:
         for split, episode in job():
             writer.write(episode, split)

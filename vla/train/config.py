@@ -48,6 +48,7 @@ class TrainConfig:
     seed: int = 0
     # Fault injection, to exercise restarts: raise once per run at this step (0: off)
     inject_failure_at_step: int = 0
+    inject_kill_at_step: int = 0  # SIGKILL one worker once per run after this step's checkpoint
 
     def validate(self) -> None:
         check(self.lr > 0, "lr", "must be > 0")
@@ -75,6 +76,7 @@ class TrainConfig:
         check(self.max_failures >= 0, "max_failures", "must be >= 0")
         check(self.worker_start_retries >= -1, "worker_start_retries", "must be >= -1")
         check(self.inject_failure_at_step >= 0, "inject_failure_at_step", "must be >= 0")
+        check(self.inject_kill_at_step >= 0, "inject_kill_at_step", "must be >= 0")
 
 
 @dataclass

@@ -24,11 +24,13 @@ from vla.config import Config
 from vla.configuration import ConfigError, to_dict
 from vla.data import ActionNormalizer, build_window_stream, count_windows, load_metadata
 from vla.data.converters.synthetic import convert_synthetic
-from vla.data.metadata import METADATA_FILE
+from vla.data.metadata import METADATA_FILE, DatasetMetadata
+from vla.data.pipeline import split_files
 from vla.model import build_tokenizer, run_image_size
-from vla.model.export import run_files
+from vla.model.export import RUN_CONFIG_FILE, run_files
+from vla.train.checkpoint import set_aside_stale_ray_snapshot
 from vla.train.loop import EXPORT_DIR, train_loop_per_worker
-from vla.train.storage import is_uri, normalize_storage_path, run_path, upload
+from vla.train.storage import exists, is_uri, normalize_storage_path, read_bytes, run_path, upload, write_bytes
 
 log = logging.getLogger("vla.train")
 
@@ -84,12 +86,61 @@ def ensure_ray() -> None:
         ray.init(log_to_driver=True)
 
 
+@dataclass
+class CheckedRun:
+    """What the driver checked before anything starts: nothing of it is written anywhere yet."""
+
+    metadata: DatasetMetadata
+    normalization_json: str
+    total_steps: int
+    run_dir: str
+
+
+def check_run(cfg: Config) -> CheckedRun:
+    """Config, dataset metadata and every shard's footer and schema, checked on the driver with no
+    Ray and no writes; raises ``ConfigError`` or ``DataError`` naming the file and field."""
+    metadata = load_metadata(cfg.data.path)
+    splits = [cfg.data.train_split] + ([cfg.data.val_split] if cfg.train.val_every else [])
+    for split in splits:
+        split_files(cfg.data.path, metadata, split, cfg.data.cameras)
+    normalizer = ActionNormalizer.from_metadata(metadata, cfg.data)
+    return CheckedRun(
+        metadata=metadata,
+        normalization_json=json.dumps(normalizer.to_dict(), indent=1),
+        total_steps=total_steps(cfg, count_windows(cfg.data, cfg.data.train_split)),
+        run_dir=run_path(normalize_storage_path(cfg.run.storage_path), cfg.run.name),
+    )
+
+
 def write_run_files(run_dir: str, cfg: Config, normalization_json: str) -> None:
-    """The full resolved config and the action statistics, saved with every run."""
+    """The full resolved config and the action statistics, saved with every run when it starts.
+
+    An earlier attempt's different ``config.yaml`` is kept as ``config.attempt<N>.yaml``.
+    """
+    files = run_files(to_dict(cfg), json.loads(normalization_json))
+    keep_earlier_config(run_dir, files[RUN_CONFIG_FILE].encode())
     with tempfile.TemporaryDirectory() as tmp:
-        for name, text in run_files(to_dict(cfg), json.loads(normalization_json)).items():
+        for name, text in files.items():
             (Path(tmp) / name).write_text(text)
             upload(Path(tmp) / name, f"{run_dir}/{name}")
+
+
+def keep_earlier_config(run_dir: str, new_config: bytes) -> str | None:
+    """Copy the run's current ``config.yaml`` to the next free ``config.attempt<N>.yaml`` unless
+    it equals ``new_config``; returns the name it was kept under."""
+    current = f"{run_dir}/{RUN_CONFIG_FILE}"
+    if not exists(current):
+        return None
+    old = read_bytes(current)
+    if old == new_config:
+        return None
+    attempt = 1
+    while exists(f"{run_dir}/config.attempt{attempt}.yaml"):
+        attempt += 1
+    name = f"config.attempt{attempt}.yaml"
+    write_bytes(f"{run_dir}/{name}", old)
+    log.info("%s changed: the earlier attempt's config is kept as %s", current, name)
+    return name
 
 
 def tokenizer_directory(cfg: Config, run_dir: str) -> str:
@@ -101,14 +152,16 @@ def tokenizer_directory(cfg: Config, run_dir: str) -> str:
     return str(local)
 
 
-def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = ()) -> TorchTrainer:
-    """Everything Ray Train needs, built and checked on the driver before any worker starts."""
-    metadata = load_metadata(cfg.data.path)
-    normalizer = ActionNormalizer.from_metadata(metadata, cfg.data)
-    normalization_json = json.dumps(normalizer.to_dict(), indent=1)
+def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = (), checked: CheckedRun | None = None) -> TorchTrainer:
+    """Everything Ray Train needs, built and checked on the driver before any worker starts.
+
+    ``checked``: the result of ``check_run(cfg)`` when the caller already ran it.
+    """
+    checked = checked or check_run(cfg)
+    run_dir, normalization_json = checked.run_dir, checked.normalization_json
     storage_path = normalize_storage_path(cfg.run.storage_path)
-    run_dir = run_path(storage_path, cfg.run.name)
     write_run_files(run_dir, cfg, normalization_json)
+    set_aside_stale_ray_snapshot(run_dir)
     tokenizer_dir = tokenizer_directory(cfg, run_dir)
     image_size = run_image_size(cfg.model)  # frames are resized once, to the size the model runs at
 
@@ -126,7 +179,7 @@ def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = ()) -> TorchT
     streams = {cfg.data.train_split: windows(cfg.data.train_split, train=True)}
     if cfg.train.val_every:
         streams[cfg.data.val_split] = windows(cfg.data.val_split, train=False)
-    steps = total_steps(cfg, count_windows(cfg.data, cfg.data.train_split))
+    steps = checked.total_steps
 
     resources = {"CPU": cfg.train.cpus_per_worker}
     if cfg.train.use_gpu:
@@ -157,9 +210,10 @@ def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = ()) -> TorchT
 
 def run_training(cfg: Config) -> TrainingResult:
     """Train ``cfg`` to the end (or resume it there) and say where everything went."""
-    ensure_ray()
     cfg = with_demo_data(cfg)
-    trainer = build_trainer(cfg)
+    checked = check_run(cfg)
+    ensure_ray()
+    trainer = build_trainer(cfg, checked=checked)
     result = trainer.fit()
     run_dir = run_path(cfg.run.storage_path, cfg.run.name)
     return TrainingResult(

@@ -35,7 +35,14 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from vla.config import Config, resolve_config
 from vla.model import build_model, count_parameters, pretrained_loader, save_export, training_weights_dtype
-from vla.train.checkpoint import TrainState, load_checkpoint, save_checkpoint, state_fingerprint
+from vla.train.checkpoint import (
+    TrainState,
+    choose_resume_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    state_fingerprint,
+)
+from vla.train.faults import maybe_kill_after_checkpoint
 from vla.train.parallelize import param_dtype_for, reshard
 from vla.train.progress import MetricSums, RunLogger
 from vla.train.step import Batch, Trainer, build_trainer, forward_loss, to_device, train_step
@@ -183,6 +190,7 @@ def maybe_checkpoint(run: Run, validated: bool) -> None:
     if run.is_step(run.cfg.train.checkpoint_every) or run.state.step == run.total_steps:
         with run.trainer.timer.excluded():
             checkpoint_and_report(run)
+        maybe_kill_after_checkpoint(run.state.step, run.cfg.train.inject_kill_at_step, run.run_dir)
     elif validated:
         ray.train.report(run.report_metrics())
 
@@ -238,10 +246,13 @@ def build_run(cfg: Config, run_dir: str, total_steps: int, rank: int, world_size
 def resume(run: Run, rank: int) -> None:
     """Load Ray Train's latest checkpoint, if any, and seed this rank for the position reached."""
     trainer = run.trainer
-    resumed = ray.train.get_checkpoint()
+    resumed = choose_resume_checkpoint(run.run_dir, ray.train.get_checkpoint())
     if resumed is not None:
-        with resumed.as_directory() as directory:
+        with ray.train.Checkpoint(resumed).as_directory() as directory:
             trainer.state = load_checkpoint(Path(directory), trainer.model, trainer.optimizer, trainer.scheduler)
+    if run.logger is not None:
+        run.logger.cut_after(run.state.step)
+    if resumed is not None:
         fingerprint = state_fingerprint(trainer.model, trainer.optimizer)
         if run.logger is not None:
             run.logger.log(run.state.step, {"resumed_fingerprint": fingerprint})

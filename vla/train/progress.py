@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from vla.train.storage import is_uri, upload
+from vla.train.storage import exists, is_uri, read_bytes, upload
 
 log = logging.getLogger("vla.train")
 
@@ -187,6 +187,17 @@ class RunLogger:
                 config=config,
             )
 
+    def cut_after(self, step: int) -> None:
+        """Drop the records of steps after ``step``: a run resumed there logs them again."""
+        remote = f"{self.run_dir}/{METRICS_FILE}"
+        if is_uri(self.run_dir) and exists(remote):
+            self.metrics_path.write_bytes(read_bytes(remote))
+        lines = self.metrics_path.read_text().splitlines() if self.metrics_path.is_file() else []
+        kept = [line + "\n" for line in lines if (found := _step_of(line)) is not None and found <= step]
+        partial = self.metrics_path.with_suffix(".partial")
+        partial.write_text("".join(kept))
+        partial.replace(self.metrics_path)
+
     def log(self, step: int, metrics: dict[str, float]) -> None:
         record = {"step": step, **{k: float(v) for k, v in metrics.items()}}
         with self.metrics_path.open("a") as f:
@@ -220,6 +231,14 @@ class RunLogger:
             upload(plot, f"{self.run_dir}/{PLOT_FILE}")
         self.sync()
         return plot
+
+
+def _step_of(line: str) -> int | None:
+    """The step of one metrics record; None for a line torn by a killed writer."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def read_metrics(path: Path) -> list[dict[str, float]]:

@@ -79,6 +79,10 @@ def convert_calvin(source: str, root: str, *, parallel: int = 0, image_encoding:
                    max_shard_bytes: int | None = None) -> DatasetMetadata:
     """Convert the ``training`` and ``validation`` splits found under ``source`` into ``root``
     (splits ``train`` and ``val``); ``parallel > 1`` spreads segments over that many Ray tasks."""
+    if parallel < 0:
+        raise DataError(f"parallel: must be >= 0, got {parallel}")
+    if not Path(source).is_dir():
+        raise DataError(f"{source}: not a folder (expected a CALVIN folder holding training/ and/or validation/)")
     work = []
     for folder, split in SPLITS.items():
         split_dir = Path(source) / folder

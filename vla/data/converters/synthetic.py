@@ -8,7 +8,7 @@ from functools import partial
 import numpy as np
 
 from vla.data.episodes import Episode
-from vla.data.metadata import DatasetMetadata
+from vla.data.metadata import DataError, DatasetMetadata
 from vla.data.writer import write_dataset
 from vla.sim import SimConfig, SyntheticEnv
 
@@ -57,6 +57,11 @@ def convert_synthetic(
     Episode ``i`` of the whole set uses scene seed ``seed + i`` (so the splits never share a
     scene); ``parallel > 1`` spreads the episodes over that many Ray tasks.
     """
+    minimums = (("episodes", episodes, 1), ("val_episodes", val_episodes, 0), ("seed", seed, 0),
+                ("image_size", image_size, 8), ("parallel", parallel, 0))
+    for name, value, minimum in minimums:
+        if value < minimum:
+            raise DataError(f"{name}: must be >= {minimum}, got {value}")
     sim = SimConfig(image_size=image_size)
     seeds = [("train", seed + i) for i in range(episodes)]
     seeds += [("val", seed + episodes + i) for i in range(val_episodes)]
