@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
+from transformers.modeling_utils import local_torch_dtype
 
 from vla.configuration import ConfigError
 from vla.model.backbones.base import GROUPS, Backbone, SpecialIds
@@ -104,9 +105,11 @@ def build_backbone(
                 str(Path(cfg.pretrained_path).expanduser()), config=hf_config, local_files_only=True, dtype=dtype
             )
             return cls.from_vlm(vlm, tokenizer, cfg.pretrained_path)
-    with parameters_on_meta() if on_meta else nullcontext():
-        vlm = cls.hf_model_class(hf_config if hf_config is not None else tiny_config(cfg, tokenizer))
-    return cls.from_vlm(vlm.to(dtype), tokenizer, cfg.pretrained_path)
+    config = hf_config if hf_config is not None else tiny_config(cfg, tokenizer)
+    # Built as from_pretrained builds it: parameters in ``dtype``, buffers as the model defines them.
+    with local_torch_dtype(dtype, cls.hf_model_class.__name__), parameters_on_meta() if on_meta else nullcontext():
+        vlm = cls.hf_model_class(config)
+    return cls.from_vlm(vlm, tokenizer, cfg.pretrained_path)
 
 
 __all__ = [
