@@ -65,7 +65,7 @@ class Tokenize:
 
     def __call__(self, row: dict) -> dict:
         enc = self.tokenizer(row["instruction"], add_special_tokens=False, padding="max_length",
-                             truncation=True, max_length=self.max_len)
+                             padding_side="right", truncation=True, max_length=self.max_len)
         return {**row, "input_ids": np.asarray(enc["input_ids"], np.int64),
                 "attention_mask": np.asarray(enc["attention_mask"], np.int64)}
 

@@ -29,7 +29,7 @@ def evaluate_offline(policy: Policy, run: Config, export_dir: str, split: str, *
     data_cfg = dataclasses.replace(run.data, batch_size=batch_size)
     dataset = build_window_stream(
         data_cfg, split, window_size=run.model.window_size, fwd_pred_next_n=run.model.fwd_pred_next_n,
-        image_size=run.model.image_size, tokenizer_dir=export_dir, train=False,
+        image_size=model.image_size, tokenizer_dir=export_dir, train=False,
     )
     totals = {"loss": 0.0, "loss_arm": 0.0, "loss_gripper": 0.0}
     abs_error = np.zeros(6)

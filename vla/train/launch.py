@@ -21,12 +21,12 @@ from ray.train.torch import TorchTrainer
 from ray.train import UserCallback
 
 from vla.config import Config
-from vla.configuration import ConfigError, save_yaml, to_dict
+from vla.configuration import ConfigError, to_dict
 from vla.data import ActionNormalizer, build_window_stream, count_windows, load_metadata
 from vla.data.converters.synthetic import convert_synthetic
 from vla.data.metadata import METADATA_FILE
-from vla.model import build_tokenizer
-from vla.model.export import NORMALIZATION_FILE, RUN_CONFIG_FILE
+from vla.model import build_tokenizer, run_image_size
+from vla.model.export import run_files
 from vla.train.loop import EXPORT_DIR, train_loop_per_worker
 from vla.train.storage import is_uri, normalize_storage_path, run_path, upload
 
@@ -87,9 +87,8 @@ def ensure_ray() -> None:
 def write_run_files(run_dir: str, cfg: Config, normalization_json: str) -> None:
     """The full resolved config and the action statistics, saved with every run."""
     with tempfile.TemporaryDirectory() as tmp:
-        save_yaml(to_dict(cfg), Path(tmp) / RUN_CONFIG_FILE)
-        (Path(tmp) / NORMALIZATION_FILE).write_text(normalization_json)
-        for name in (RUN_CONFIG_FILE, NORMALIZATION_FILE):
+        for name, text in run_files(to_dict(cfg), json.loads(normalization_json)).items():
+            (Path(tmp) / name).write_text(text)
             upload(Path(tmp) / name, f"{run_dir}/{name}")
 
 
@@ -111,6 +110,7 @@ def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = ()) -> TorchT
     run_dir = run_path(storage_path, cfg.run.name)
     write_run_files(run_dir, cfg, normalization_json)
     tokenizer_dir = tokenizer_directory(cfg, run_dir)
+    image_size = run_image_size(cfg.model)  # frames are resized once, to the size the model runs at
 
     def windows(split: str, train: bool):
         return build_window_stream(
@@ -118,7 +118,7 @@ def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = ()) -> TorchT
             split,
             window_size=cfg.model.window_size,
             fwd_pred_next_n=cfg.model.fwd_pred_next_n,
-            image_size=cfg.model.image_size,
+            image_size=image_size,
             tokenizer_dir=tokenizer_dir,
             train=train,
         )
