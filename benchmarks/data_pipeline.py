@@ -8,6 +8,8 @@ flat renders of the built-in simulator, which compress and decode unrealisticall
 written as Parquet episodes, PNG or JPEG. Printed:
 - the decode bound: frames/s of one core decoding (and resizing) the stored frames, so
   ``frames/s / views`` windows/s per core (stride 1: one window per step, each frame decoded once);
+- the batch assembly rate: windows/s of one core cutting windows out of decoded episodes into
+  the batch (with the shift), the other cost every window pays;
 - the plain single-process loop (same transforms, no Ray) and the Ray stream, consumed here as
   a training worker consumes it; the stream's ratio to ``num_cpus x`` the per-core bound;
 - peak memory of the consuming worker (RSS above its level before the timed epoch; the decoded
@@ -181,6 +183,18 @@ class PeakRSS:
         return (self.peak - self.baseline) / 2**20
 
 
+def assembly_rate(stream, episodes: int = 4) -> float:
+    """Windows/s of one core cutting (and augmenting) batches from episodes already decoded."""
+    decoded = [stream.tokenize(stream.reader(*address)) for address in stream.index.addresses[:episodes]]
+    windows = [(e, s) for e, episode in enumerate(decoded) for s in stream.batcher.cut.starts(len(episode["actions"]))]
+    size = stream.data_cfg.batch_size
+    start = time.perf_counter()
+    for begin in range(0, len(windows), size):
+        part = windows[begin:begin + size]
+        stream.batcher([decoded[e] for e, _ in part], [s for _, s in part], [e for e, _ in part], 0)
+    return len(windows) / (time.perf_counter() - start)
+
+
 def timed(fn, *args) -> tuple[int, float]:
     start = time.perf_counter()
     windows = fn(*args)
@@ -216,6 +230,8 @@ def main() -> None:
     rate = decode_rate(cfg.path, shape["out_size"])
     bound = rate / views
     print(f"decode bound, one core    : {rate:8.0f} frames/s -> {bound:.0f} windows/s per core")
+    assembly = assembly_rate(stream)
+    print(f"batch assembly, one core  : {assembly:8.0f} windows/s (cutting, shifting, copying decoded frames)")
     plain_n, plain_s = timed(plain_loop, cfg, shape, f"{work}/tok")
     print(f"plain single-process loop : {plain_n / plain_s:8.0f} windows/s ({plain_n} windows, {plain_s:.1f} s; "
           f"{plain_n / plain_s / bound:.2f} x the one-core bound)")

@@ -137,9 +137,12 @@ def read_episode(reader, *address) -> dict:
 
 @functools.cache
 def decode_task():
+    """1 CPU, outside any placement group: a Tune trial's group would capture the task into the
+    Train worker's bundle (0.5 CPU), where it can never fit."""
     import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    return ray.remote(num_cpus=1)(read_episode)
+    return ray.remote(num_cpus=1, scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))(read_episode)
 
 
 @dataclass

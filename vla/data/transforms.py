@@ -61,7 +61,7 @@ class DecodeImages:
 class Tokenize:
     """Instruction -> ``input_ids`` / ``attention_mask`` of ``max_len`` (no special tokens, right-padded)."""
 
-    tokenizer: Any  # a transformers tokenizer (pickles into the Ray Data tasks)
+    tokenizer: Any  # a transformers tokenizer (pickled with the stream into the training workers)
     max_len: int
 
     def __call__(self, row: dict) -> dict:
