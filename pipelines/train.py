@@ -44,7 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     from vla.train.launch import run_training  # imports Ray and torch: not needed for --dry-run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    result = run_training(cfg)
+    try:
+        result = run_training(cfg)
+    except ConfigError as err:  # e.g. unreachable storage, found before any worker starts
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     print(f"run folder:  {result.run_dir}")
     print(f"checkpoint:  {result.checkpoint}")
     print(f"policy:      {result.export_dir}")

@@ -27,6 +27,7 @@ from vla.data.stats import ActionNormalizer
 from vla.data.transforms import Tokenize
 from vla.model import VLAModel, load_export
 from vla.model.export import NORMALIZATION_FILE, RUN_CONFIG_FILE
+from vla.train.storage import localize
 
 Observation = dict  # {"images": {camera: HxWx3 uint8}, "instruction": str, ...}
 
@@ -80,7 +81,7 @@ class Policy:
 
         The backbone runs in ``dtype``; the head stays in fp32 (as in training).
         """
-        export_dir = Path(export_dir).expanduser()
+        export_dir = Path(localize(str(export_dir)))  # an s3:// export is cached locally
         run = load_run_config(export_dir)
         model, model_cfg = load_export(export_dir)
         target = torch.device(device)

@@ -29,7 +29,7 @@ from vla.data.metadata import METADATA_FILE
 from vla.model import build_tokenizer
 from vla.model.export import NORMALIZATION_FILE, RUN_CONFIG_FILE
 from vla.train.loop import EXPORT_DIR, train_loop_per_worker
-from vla.train.storage import is_uri, normalize_storage_path, run_path, upload
+from vla.train.storage import check_storage, is_uri, normalize_storage_path, run_path, upload, uri_of
 
 log = logging.getLogger("vla.train")
 
@@ -170,14 +170,17 @@ def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = ()) -> TorchT
 
 def run_training(cfg: Config) -> TrainingResult:
     """Train ``cfg`` to the end (or resume it there) and say where everything went."""
+    check_storage(cfg.data.path, "data.path")
+    check_storage(cfg.run.storage_path, "run.storage_path", writable=True)
     ensure_ray()
     cfg = with_demo_data(cfg)
     trainer = build_trainer(cfg)
     result = trainer.fit()
     run_dir = run_path(cfg.run.storage_path, cfg.run.name)
+    checkpoint = result.checkpoint
     return TrainingResult(
         run_dir=run_dir,
-        checkpoint=result.checkpoint.path if result.checkpoint is not None else None,
+        checkpoint=uri_of(checkpoint.filesystem, checkpoint.path) if checkpoint is not None else None,
         export_dir=f"{run_dir}/{EXPORT_DIR}" if cfg.run.export else None,
         metrics=dict(result.metrics or {}),
     )
