@@ -35,7 +35,11 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     activation_checkpointing: bool = False
     hsdp_replicas: int = 1  # > 1: replicate across this many groups (nodes), shard within
+    tensor_parallel_size: int = 1  # > 1: split each LM decoder block over this many ranks (docs/cluster.md)
     max_failures: int = 0  # worker-group restarts from the latest checkpoint
+    # > 0: elastic, a (re)started worker group takes what the cluster has, between min_workers
+    # and num_workers (a node lost to preemption); DCP reshards the checkpoint to the new size.
+    min_workers: int = 0
     # A worker group that cannot get its resources fails after (1 + this) x 60 s instead of
     # waiting forever; -1 waits forever (an autoscaling cluster still booting GPU nodes).
     worker_start_retries: int = 2
@@ -65,6 +69,18 @@ class TrainConfig:
             self.num_workers % self.hsdp_replicas == 0,
             "hsdp_replicas",
             f"must divide num_workers ({self.num_workers})",
+        )
+        check(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be >= 1")
+        check(
+            self.num_workers % (self.hsdp_replicas * self.tensor_parallel_size) == 0,
+            "tensor_parallel_size",
+            f"hsdp_replicas x tensor_parallel_size must divide num_workers ({self.num_workers})",
+        )
+        check(0 <= self.min_workers <= self.num_workers, "min_workers", f"must be in [0, num_workers ({self.num_workers})]")
+        check(
+            self.min_workers % (self.hsdp_replicas * self.tensor_parallel_size) == 0,
+            "min_workers",
+            "must be a multiple of hsdp_replicas x tensor_parallel_size",
         )
         check(self.max_failures >= 0, "max_failures", "must be >= 0")
         check(self.worker_start_retries >= -1, "worker_start_retries", "must be >= -1")

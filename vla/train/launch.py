@@ -114,6 +114,13 @@ def tokenizer_directory(cfg: Config, run_dir: str) -> str:
     return str(local)
 
 
+def worker_count(train_cfg) -> int | tuple[int, int]:
+    """``num_workers``, or the elastic range ``(min_workers, num_workers)``."""
+    if 0 < train_cfg.min_workers < train_cfg.num_workers:
+        return (train_cfg.min_workers, train_cfg.num_workers)
+    return train_cfg.num_workers
+
+
 def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = ()) -> TorchTrainer:
     """Everything Ray Train needs, built and checked on the driver before any worker starts."""
     metadata = load_metadata(cfg.data.path)
@@ -152,7 +159,7 @@ def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = ()) -> TorchT
             "normalization_json": normalization_json,
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources
+            num_workers=worker_count(cfg.train), use_gpu=cfg.train.use_gpu, resources_per_worker=resources
         ),
         run_config=ray.train.RunConfig(
             name=cfg.run.name,

@@ -31,6 +31,7 @@ from vla.train.parallelize import parallelize, reshard
 from vla.train.progress import RunLogger, StepTimer
 from vla.train.schedule import build_scheduler
 from vla.train.storage import exists, is_uri, upload, write_bytes
+from vla.train.tensor_parallel import same_batch_in_group
 
 log = logging.getLogger("vla.train")
 
@@ -80,6 +81,7 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 
 def forward_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    batch = same_batch_in_group(model, batch)  # tensor parallelism: one batch per group
     output = model(batch["images"], batch["input_ids"], batch["attention_mask"])
     return model.loss(output, batch["actions"], batch["action_mask"])
 

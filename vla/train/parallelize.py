@@ -17,6 +17,7 @@ from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from vla.train.config import TrainConfig
+from vla.train.tensor_parallel import TP_DIM, apply_tensor_parallel, data_parallel_mesh
 
 
 def param_dtype_for(train_cfg: TrainConfig, device: torch.device) -> torch.dtype:
@@ -27,11 +28,18 @@ def param_dtype_for(train_cfg: TrainConfig, device: torch.device) -> torch.dtype
 
 
 def build_mesh(train_cfg: TrainConfig, device: torch.device, world_size: int) -> DeviceMesh:
-    """1-D mesh for FSDP; 2-D (replicate x shard) for HSDP across ``hsdp_replicas`` groups."""
+    """1-D mesh for FSDP; 2-D (replicate x shard) for HSDP across ``hsdp_replicas`` groups.
+
+    With ``tensor_parallel_size`` > 1 a last ``tp`` dimension (neighbouring ranks) is added.
+    """
+    tp = train_cfg.tensor_parallel_size
+    shape, names = (world_size // tp,), ("shard",)
     if train_cfg.hsdp_replicas > 1:
-        shape = (train_cfg.hsdp_replicas, world_size // train_cfg.hsdp_replicas)
-        return init_device_mesh(device.type, shape, mesh_dim_names=("replicate", "shard"))
-    return init_device_mesh(device.type, (world_size,), mesh_dim_names=("shard",))
+        shape = (train_cfg.hsdp_replicas, world_size // tp // train_cfg.hsdp_replicas)
+        names = ("replicate", "shard")
+    if tp > 1:
+        shape, names = (*shape, tp), (*names, TP_DIM)
+    return init_device_mesh(device.type, shape, mesh_dim_names=names)
 
 
 def apply_activation_checkpointing(model: nn.Module) -> None:
@@ -51,11 +59,13 @@ def apply_fsdp(model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype) -> 
 
 
 def parallelize(model: nn.Module, train_cfg: TrainConfig, device: torch.device, world_size: int) -> nn.Module:
-    """Activation checkpointing (if asked), then FSDP2 over ``world_size`` ranks."""
+    """Tensor parallelism (if asked), activation checkpointing (if asked), then FSDP2 over the data-parallel ranks."""
+    mesh = build_mesh(train_cfg, device, world_size)
+    if train_cfg.tensor_parallel_size > 1:
+        apply_tensor_parallel(model, mesh[TP_DIM])
     if train_cfg.activation_checkpointing:
         apply_activation_checkpointing(model)
-    mesh = build_mesh(train_cfg, device, world_size)
-    apply_fsdp(model, mesh, param_dtype_for(train_cfg, device))
+    apply_fsdp(model, data_parallel_mesh(mesh), param_dtype_for(train_cfg, device))
     return model
 
 
