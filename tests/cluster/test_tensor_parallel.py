@@ -27,10 +27,11 @@ from vla.train.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from vla.train.config import TrainConfig
 from vla.train.parallelize import parallelize
 from vla.train.schedule import build_scheduler
-from vla.train.tensor_parallel import check_divisible, same_batch_in_group
+from vla.train.tensor_parallel import check_divisible, clip_grad_norm, same_batch_in_group
 
 WORLD = 4
 TP = 2
+MAX_NORM = 0.05
 INSTRUCTIONS = ["pick up the red block", "open the drawer", "stack the blocks", "push it left"]
 
 
@@ -115,6 +116,14 @@ def check_family(backbone: str, rank: int, shared_dir: Path) -> None:
             torch.testing.assert_close(p.grad.full_tensor(), expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
         else:
             assert p.grad is None, name
+    # Clipping by the global gradient norm, over parameters on two meshes (as the loop clips).
+    norm = clip_grad_norm([p for p in model.parameters() if p.requires_grad], MAX_NORM)
+    expected_norm = torch.linalg.vector_norm(torch.stack([g.norm() for g in expected_grads.values()]))
+    torch.testing.assert_close(norm, expected_norm)
+    scale = min(1.0, MAX_NORM / (float(expected_norm) + 1e-6))
+    for name, p in model.named_parameters():
+        if name in expected_grads:
+            torch.testing.assert_close(p.grad.full_tensor(), expected_grads[name] * scale, rtol=1e-4, atol=1e-7)
     optimizer.step()
     optimizer.zero_grad()
     scheduler.step()

@@ -28,6 +28,7 @@ from vla.data.converters.synthetic import convert_synthetic
 from vla.data.metadata import METADATA_FILE
 from vla.model import build_tokenizer
 from vla.model.export import NORMALIZATION_FILE, RUN_CONFIG_FILE
+from vla.train.config import TrainConfig
 from vla.train.loop import EXPORT_DIR, train_loop_per_worker
 from vla.train.storage import check_storage, is_uri, normalize_storage_path, run_path, upload, uri_of
 
@@ -114,7 +115,7 @@ def tokenizer_directory(cfg: Config, run_dir: str) -> str:
     return str(local)
 
 
-def worker_count(train_cfg) -> int | tuple[int, int]:
+def worker_count(train_cfg: TrainConfig) -> int | tuple[int, int]:
     """``num_workers``, or the elastic range ``(min_workers, num_workers)``."""
     if 0 < train_cfg.min_workers < train_cfg.num_workers:
         return (train_cfg.min_workers, train_cfg.num_workers)

@@ -31,7 +31,7 @@ from vla.train.parallelize import parallelize, reshard
 from vla.train.progress import RunLogger, StepTimer
 from vla.train.schedule import build_scheduler
 from vla.train.storage import exists, is_uri, upload, write_bytes
-from vla.train.tensor_parallel import same_batch_in_group
+from vla.train.tensor_parallel import clip_grad_norm, same_batch_in_group
 
 log = logging.getLogger("vla.train")
 
@@ -207,7 +207,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if not last_micro:
                 continue
 
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip or float("inf"))
+            grad_norm = clip_grad_norm(params, tcfg.grad_clip or float("inf"))
             lr = scheduler.get_last_lr()[0]  # the rate this step uses
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)

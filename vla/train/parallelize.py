@@ -1,6 +1,8 @@
-"""Apply activation checkpointing and FSDP2 to a ``VLAModel`` (torchtitan's order).
+"""Apply tensor parallelism, activation checkpointing and FSDP2 to a ``VLAModel`` (torchtitan's order).
 
 The model knows nothing of parallelism; this is the one place that does:
+0. tensor parallelism of each LM decoder block over the mesh's ``tp`` dimension (optional,
+   ``vla.train.tensor_parallel``),
 1. activation checkpointing on each LM decoder block (optional),
 2. ``fully_shard`` on every decoder block and vision block,
 3. ``fully_shard`` on the policy head with an fp32 policy (an LSTM in bf16 fails on fp32 inputs),

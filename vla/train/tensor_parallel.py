@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel, parallelize_module
 
 from vla.configuration import ConfigError
@@ -67,6 +68,26 @@ def same_batch_in_group(model: nn.Module, batch: dict[str, torch.Tensor]) -> dic
         dist.broadcast(tensor, src=source, group=group)
         shared[key] = tensor
     return shared
+
+
+def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` for parameters on several meshes; returns the total norm.
+
+    With tensor parallelism the decoder blocks' gradients live on the 2-D mesh and the rest on
+    its data-parallel part, which torch's version cannot stack: norm each mesh's gradients
+    apart, then combine the (plain) norms.
+    """
+    by_mesh: dict[DeviceMesh | None, list[torch.Tensor]] = {}
+    for param in parameters:
+        if param.grad is not None:
+            by_mesh.setdefault(getattr(param.grad, "device_mesh", None), []).append(param.grad)
+    norms = []
+    for grads in by_mesh.values():
+        norm = torch.nn.utils.get_total_norm(grads)
+        norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    total = torch.nn.utils.get_total_norm(norms)
+    torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total)
+    return total
 
 
 def data_parallel_mesh(mesh: DeviceMesh) -> DeviceMesh:
