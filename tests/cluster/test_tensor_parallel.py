@@ -199,3 +199,20 @@ def test_tensor_parallel_refuses_what_it_cannot_split(backbone, error):
 def test_tensor_parallel_size_must_fit_the_workers():
     with pytest.raises(ConfigError, match="tensor_parallel_size"):
         TrainConfig(num_workers=4, hsdp_replicas=2, tensor_parallel_size=4).validate()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_training_run_with_tensor_parallelism(ray_session, tiny_run, tmp_path):
+    """The whole loop on 4 Ray workers, 2 x 2: steps, clipping, checkpoint, resume and export."""
+    from vla.config import load_config
+    from vla.model import load_export
+    from vla.train.launch import run_training
+
+    overrides = [*tiny_run(tmp_path, "tp"), "model.backbone=qwen2vl", "train.num_workers=4",
+                 "train.tensor_parallel_size=2", "train.max_steps=3", "train.checkpoint_every=1",
+                 "train.inject_failure_at_step=2", "train.max_failures=1"]
+    result = run_training(load_config(None, overrides))
+    assert result.metrics["step"] == 3
+    exported, _ = load_export(result.export_dir)  # a plain full state dict
+    assert all(not hasattr(p, "device_mesh") for p in exported.parameters())
