@@ -29,13 +29,19 @@ KILL_AFTER_CHECKPOINT = 4
 TIMEOUT_S = 240
 
 
-def workers_by_node(names: dict[str, str]) -> dict[str, int]:
-    """Alive Ray Train workers per node name."""
+def alive_workers(names: dict[str, str]) -> dict[str, str]:
+    """Alive Ray Train workers: actor id -> the name of its node."""
+    return {
+        actor_id: names.get(actor["Address"]["NodeID"], "?")
+        for actor_id, actor in state.actors().items()
+        if actor["ActorClassName"] == "RayTrainWorker" and actor["State"] == "ALIVE"
+    }
+
+
+def per_node(workers: dict[str, str]) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for actor in state.actors().values():
-        if actor["ActorClassName"] == "RayTrainWorker" and actor["State"] == "ALIVE":
-            node = names.get(actor["Address"]["NodeID"], "?")
-            counts[node] = counts.get(node, 0) + 1
+    for node in workers.values():
+        counts[node] = counts.get(node, 0) + 1
     return counts
 
 
@@ -67,17 +73,18 @@ def main(data_root: str, storage: str, out_json: str, overrides: list[str]) -> N
 
     thread = threading.Thread(target=train, daemon=True)
     thread.start()
-    before = wait_for(lambda: (c := workers_by_node(names)) and sum(c.values()) == cfg.train.num_workers and c,
-                      "the first worker group", deadline)
+    first = wait_for(lambda: (w := alive_workers(names)) and len(w) == cfg.train.num_workers and w,
+                     "the first worker group", deadline)
     marker = run_dir / f"checkpoint_step{KILL_AFTER_CHECKPOINT:07d}" / TRAIN_STATE_FILE
     wait_for(marker.is_file, f"checkpoint {KILL_AFTER_CHECKPOINT}", deadline)
     cluster.remove_node(nodes["b"], allow_graceful=False)
-    after = wait_for(lambda: (c := workers_by_node(names)) and "b" not in c and c, "the restarted group", deadline)
+    restarted = wait_for(lambda: (w := alive_workers(names)) and not w.keys() & first.keys() and w,
+                         "the restarted worker group", deadline)
     thread.join(timeout=max(1.0, deadline - time.monotonic()))
     result = outcome.get("result")
     Path(out_json).write_text(json.dumps({
-        "placement_before": before,
-        "placement_after": after,
+        "placement_before": per_node(first),
+        "placement_after": per_node(restarted),
         "error": outcome.get("error") or (None if result else "no result before the timeout"),
         "final_step": result.metrics.get("step") if result else None,
         "run_dir": str(run_dir),
