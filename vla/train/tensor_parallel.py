@@ -77,16 +77,17 @@ def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float) -> torch.Ten
     its data-parallel part, which torch's version cannot stack: norm each mesh's gradients
     apart, then combine the (plain) norms.
     """
-    by_mesh: dict[DeviceMesh | None, list[torch.Tensor]] = {}
+    by_mesh: dict[DeviceMesh | None, list[nn.Parameter]] = {}
     for param in parameters:
         if param.grad is not None:
-            by_mesh.setdefault(getattr(param.grad, "device_mesh", None), []).append(param.grad)
+            by_mesh.setdefault(getattr(param.grad, "device_mesh", None), []).append(param)
     norms = []
-    for grads in by_mesh.values():
-        norm = torch.nn.utils.get_total_norm(grads)
+    for params in by_mesh.values():
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params])
         norms.append(norm.full_tensor() if isinstance(norm, DTensor) else norm)
     total = torch.nn.utils.get_total_norm(norms)
-    torch.nn.utils.clip_grads_with_norm_(parameters, max_norm, total)
+    for params in by_mesh.values():
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
     return total
 
 
