@@ -78,8 +78,9 @@ def main(data_root: str, storage: str, out_json: str, overrides: list[str]) -> N
     marker = run_dir / f"checkpoint_step{KILL_AFTER_CHECKPOINT:07d}" / TRAIN_STATE_FILE
     wait_for(marker.is_file, f"checkpoint {KILL_AFTER_CHECKPOINT}", deadline)
     cluster.remove_node(nodes["b"], allow_graceful=False)
-    restarted = wait_for(lambda: (w := alive_workers(names)) and not w.keys() & first.keys() and w,
-                         "the restarted worker group", deadline)
+    restarted = wait_for(
+        lambda: (w := alive_workers(names)) and not w.keys() & first.keys() and len(w) >= cfg.train.min_workers and w,
+        "the restarted worker group", deadline)
     thread.join(timeout=max(1.0, deadline - time.monotonic()))
     result = outcome.get("result")
     Path(out_json).write_text(json.dumps({
