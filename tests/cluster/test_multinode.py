@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,7 @@ def test_hsdp_on_two_nodes_survives_losing_one(synthetic_root, tmp_path):
     assert outcome["placement_before"] == {"a": 2, "b": 2}
     # Node b went away: the group restarted on what was left (elastic, 2 workers on a).
     assert outcome["placement_after"] == {"a": 2}
+    assert re.search(rf"resuming at step \d+ of {STEPS} on 2 cpu worker", proc.stderr)
     assert outcome["final_step"] == STEPS
 
     run_dir = Path(outcome["run_dir"])
