@@ -1,6 +1,6 @@
 """Offline evaluation: the training loss and action errors of a policy on a held-out split.
 
-The windows come from the training pipeline itself (``build_window_dataset(..., train=False)``:
+The windows come from the training pipeline itself (``build_window_stream(..., train=False)``:
 no augmentation, every window of every episode), so the numbers are the ones validation
 during training would report, over the whole split.
 """
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from vla.config import Config
-from vla.data import build_window_dataset, iter_batches
+from vla.data import build_window_stream
 from vla.policy import Policy
 
 
@@ -26,16 +26,16 @@ def evaluate_offline(policy: Policy, run: Config, export_dir: str, split: str, *
     Pose errors are mean absolute errors, in normalized units and in the dataset's units.
     """
     model, device = policy.model, policy.device
-    data_cfg = dataclasses.replace(run.data, batch_size=batch_size, shuffle_buffer=0)
-    dataset = build_window_dataset(
+    data_cfg = dataclasses.replace(run.data, batch_size=batch_size)
+    dataset = build_window_stream(
         data_cfg, split, window_size=run.model.window_size, fwd_pred_next_n=run.model.fwd_pred_next_n,
-        image_size=run.model.image_size, tokenizer_dir=export_dir, train=False,
+        image_size=model.image_size, tokenizer_dir=export_dir, train=False,
     )
     totals = {"loss": 0.0, "loss_arm": 0.0, "loss_gripper": 0.0}
     abs_error = np.zeros(6)
     correct = steps = 0.0
     windows = 0
-    for index, batch in enumerate(iter_batches(dataset.iterator(), data_cfg, epoch=0)):
+    for index, batch in enumerate(dataset.batches(epoch=0)):
         if max_batches is not None and index >= max_batches:
             break
         batch = {k: v.to(device) for k, v in batch.items()}
