@@ -138,7 +138,7 @@ def check_family(backbone: str, rank: int, shared_dir: Path) -> None:
     for m, opt in ((model, optimizer), (plain, plain_optimizer)):
         loss_and_output(m, same_batch_in_group(m, make_batch(cfg, seed=leader)))[0].backward()
         opt.step()
-    torch.testing.assert_close(full_state(plain), full_state(model), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(full_state(plain), full_state(model), rtol=1e-4, atol=1e-5)  # Adam, lr 1e-2
 
     # no TP -> TP
     save_checkpoint(fsdp_dir, plain, plain_optimizer, plain_scheduler, TrainState(step=2))
