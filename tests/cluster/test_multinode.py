@@ -28,7 +28,6 @@ RUN = [
     "model.head_hidden_size=32",
     "model.head_num_layers=1",
     "data.batch_size=4",
-    "data.shuffle_buffer=16",
     "train.lr=1e-3",
     "train.log_every=1",
     f"train.max_steps={STEPS}",
