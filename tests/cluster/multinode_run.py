@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -55,7 +56,17 @@ def wait_for(condition, what: str, deadline: float):
 
 
 def main(data_root: str, storage: str, out_json: str, overrides: list[str]) -> None:
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    # Its own temp dir: the cluster's address file must not make other processes' ray.init() join it.
+    temp_dir = tempfile.mkdtemp(prefix="vla-multinode-")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "_temp_dir": temp_dir})
+    try:
+        run(cluster, data_root, storage, out_json, overrides)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+def run(cluster: Cluster, data_root: str, storage: str, out_json: str, overrides: list[str]) -> None:
     nodes = {name: cluster.add_node(num_cpus=3, resources={f"node_{name}": 1}) for name in ("a", "b")}
     cluster.wait_for_nodes()
     ray.init(address=cluster.address, log_to_driver=True)
@@ -90,8 +101,6 @@ def main(data_root: str, storage: str, out_json: str, overrides: list[str]) -> N
         "final_step": result.metrics.get("step") if result else None,
         "run_dir": str(run_dir),
     }))
-    ray.shutdown()
-    cluster.shutdown()
 
 
 if __name__ == "__main__":
