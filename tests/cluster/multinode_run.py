@@ -58,7 +58,7 @@ def wait_for(condition, what: str, deadline: float):
 def main(data_root: str, storage: str, out_json: str, overrides: list[str]) -> None:
     # Its own temp dir: the cluster's address file must not make other processes' ray.init() join it.
     temp_dir = tempfile.mkdtemp(prefix="vla-multinode-")
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "_temp_dir": temp_dir})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "temp_dir": temp_dir})
     try:
         run(cluster, data_root, storage, out_json, overrides)
     finally:
