@@ -15,6 +15,8 @@ import logging
 import sys
 from pathlib import Path
 
+from vla.train.storage import localize
+
 DEFAULT_EXPORT = "~/vla_runs/demo/export"
 
 
@@ -32,7 +34,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    export = Path(args.export).expanduser()
+    try:
+        export = Path(localize(args.export))  # an s3:// export is cached locally
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if not (export / "model.safetensors").is_file():
         print(f"error: {export} is not a policy export (train one first: python pipelines/train.py)", file=sys.stderr)
         return 2

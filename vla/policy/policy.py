@@ -26,6 +26,7 @@ from vla.data.stats import ActionNormalizer
 from vla.data.transforms import Tokenize
 from vla.model import ActionStepper, VLAModel, load_export
 from vla.model.export import read_normalization, read_run_config
+from vla.train.storage import localize
 
 Observation = dict  # {"images": {camera: HxWx3 uint8}, "instruction": str, ...}
 
@@ -80,7 +81,7 @@ class Policy:
         The backbone is read straight into ``dtype`` (one copy of the weights); the head stays
         in fp32 (as in training). Frames are resized once, to the size the model runs at.
         """
-        export_dir = Path(export_dir).expanduser()
+        export_dir = Path(localize(str(export_dir)))  # an s3:// export is cached locally
         run = load_run_config(export_dir)
         target = torch.device(device)
         dtype = dtype or (torch.bfloat16 if target.type == "cuda" else torch.float32)

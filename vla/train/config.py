@@ -41,7 +41,11 @@ class TrainConfig:
     activation_checkpointing: bool = False  # recompute every vision and LM block in backward
     compile: Literal["auto", True, False] = "auto"  # torch.compile each block; auto = on CUDA only
     hsdp_replicas: int = 1  # > 1: replicate across this many groups (nodes), shard within
+    tensor_parallel_size: int = 1  # > 1: split each LM decoder block over this many ranks (docs/cluster.md)
     max_failures: int = 0  # worker-group restarts from the latest checkpoint
+    # > 0: elastic, a (re)started worker group takes what the cluster has, between min_workers
+    # and num_workers (a node lost to preemption); DCP reshards the checkpoint to the new size.
+    min_workers: int = 0
     # A worker group that cannot get its resources fails after (1 + this) x 60 s instead of
     # waiting forever; -1 waits forever (an autoscaling cluster still booting GPU nodes).
     worker_start_retries: int = 2
@@ -72,6 +76,18 @@ class TrainConfig:
             self.num_workers % self.hsdp_replicas == 0,
             "hsdp_replicas",
             f"must divide num_workers ({self.num_workers})",
+        )
+        check(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be >= 1")
+        check(
+            self.num_workers % (self.hsdp_replicas * self.tensor_parallel_size) == 0,
+            "tensor_parallel_size",
+            f"hsdp_replicas x tensor_parallel_size must divide num_workers ({self.num_workers})",
+        )
+        check(0 <= self.min_workers <= self.num_workers, "min_workers", f"must be in [0, num_workers ({self.num_workers})]")
+        check(
+            self.min_workers % (self.hsdp_replicas * self.tensor_parallel_size) == 0,
+            "min_workers",
+            "must be a multiple of hsdp_replicas x tensor_parallel_size",
         )
         check(self.max_failures >= 0, "max_failures", "must be >= 0")
         check(self.worker_start_retries >= -1, "worker_start_retries", "must be >= -1")

@@ -29,8 +29,11 @@ from vla.data.pipeline import split_files
 from vla.model import build_tokenizer, run_image_size
 from vla.model.export import RUN_CONFIG_FILE, run_files
 from vla.train.checkpoint import set_aside_stale_ray_snapshot
+from vla.train.config import TrainConfig
 from vla.train.loop import EXPORT_DIR, train_loop_per_worker
-from vla.train.storage import exists, is_uri, normalize_storage_path, read_bytes, run_path, upload, write_bytes
+from vla.train.storage import (
+    check_storage, exists, is_uri, normalize_storage_path, read_bytes, run_path, upload, uri_of, write_bytes,
+)
 
 log = logging.getLogger("vla.train")
 
@@ -152,6 +155,13 @@ def tokenizer_directory(cfg: Config, run_dir: str) -> str:
     return str(local)
 
 
+def worker_count(train_cfg: TrainConfig) -> int | tuple[int, int]:
+    """``num_workers``, or the elastic range ``(min_workers, num_workers)``."""
+    if 0 < train_cfg.min_workers < train_cfg.num_workers:
+        return (train_cfg.min_workers, train_cfg.num_workers)
+    return train_cfg.num_workers
+
+
 def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = (), checked: CheckedRun | None = None) -> TorchTrainer:
     """Everything Ray Train needs, built and checked on the driver before any worker starts.
 
@@ -194,7 +204,7 @@ def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = (), checked: 
             "streams": streams,
         },
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources
+            num_workers=worker_count(cfg.train), use_gpu=cfg.train.use_gpu, resources_per_worker=resources
         ),
         run_config=ray.train.RunConfig(
             name=cfg.run.name,
@@ -210,15 +220,18 @@ def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = (), checked: 
 
 def run_training(cfg: Config) -> TrainingResult:
     """Train ``cfg`` to the end (or resume it there) and say where everything went."""
+    check_storage(cfg.run.storage_path, "run.storage_path", writable=True)
     cfg = with_demo_data(cfg)
+    check_storage(cfg.data.path, "data.path")
     checked = check_run(cfg)
     ensure_ray()
     trainer = build_trainer(cfg, checked=checked)
     result = trainer.fit()
     run_dir = run_path(cfg.run.storage_path, cfg.run.name)
+    checkpoint = result.checkpoint
     return TrainingResult(
         run_dir=run_dir,
-        checkpoint=result.checkpoint.path if result.checkpoint is not None else None,
+        checkpoint=uri_of(checkpoint.filesystem, checkpoint.path) if checkpoint is not None else None,
         export_dir=f"{run_dir}/{EXPORT_DIR}" if cfg.run.export else None,
         metrics=dict(result.metrics or {}),
     )

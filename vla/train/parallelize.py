@@ -1,6 +1,8 @@
-"""Apply activation checkpointing, torch.compile and FSDP2 to a ``VLAModel`` (torchtitan's order).
+"""Apply tensor parallelism, activation checkpointing, torch.compile and FSDP2 (torchtitan's order).
 
 The model knows nothing of parallelism; this is the one place that does:
+0. tensor parallelism of each LM decoder block over the mesh's ``tp`` dimension (optional,
+   ``vla.train.tensor_parallel``),
 1. activation checkpointing on each vision and LM block (optional),
 2. ``torch.compile`` on each of those blocks (optional; before sharding, or nothing compiles),
 3. ``fully_shard`` on every vision block and decoder block,
@@ -25,6 +27,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
 from vla.train.config import TrainConfig
+from vla.train.tensor_parallel import TP_DIM, apply_tensor_parallel, data_parallel_mesh
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -52,11 +55,18 @@ def build_grad_scaler(train_cfg: TrainConfig, device: torch.device) -> ShardedGr
 
 
 def build_mesh(train_cfg: TrainConfig, device: torch.device, world_size: int) -> DeviceMesh:
-    """1-D mesh for FSDP; 2-D (replicate x shard) for HSDP across ``hsdp_replicas`` groups."""
+    """1-D mesh for FSDP; 2-D (replicate x shard) for HSDP across ``hsdp_replicas`` groups.
+
+    With ``tensor_parallel_size`` > 1 a last ``tp`` dimension (neighbouring ranks) is added.
+    """
+    tp = train_cfg.tensor_parallel_size
+    shape, names = (world_size // tp,), ("shard",)
     if train_cfg.hsdp_replicas > 1:
-        shape = (train_cfg.hsdp_replicas, world_size // train_cfg.hsdp_replicas)
-        return init_device_mesh(device.type, shape, mesh_dim_names=("replicate", "shard"))
-    return init_device_mesh(device.type, (world_size,), mesh_dim_names=("shard",))
+        shape = (train_cfg.hsdp_replicas, world_size // tp // train_cfg.hsdp_replicas)
+        names = ("replicate", "shard")
+    if tp > 1:
+        shape, names = (*shape, tp), (*names, TP_DIM)
+    return init_device_mesh(device.type, shape, mesh_dim_names=names)
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
@@ -87,13 +97,16 @@ def apply_fsdp(model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype) -> 
 
 
 def parallelize(model: nn.Module, train_cfg: TrainConfig, device: torch.device, world_size: int) -> nn.Module:
-    """Activation checkpointing and compiling (as configured), then FSDP2 over ``world_size`` ranks."""
+    """Tensor parallelism, activation checkpointing and compiling (as configured), then FSDP2 over
+    the data-parallel ranks."""
+    mesh = build_mesh(train_cfg, device, world_size)
+    if train_cfg.tensor_parallel_size > 1:
+        apply_tensor_parallel(model, mesh[TP_DIM])
     if train_cfg.activation_checkpointing:
         apply_activation_checkpointing(model)
     if compile_enabled(train_cfg, device):
         apply_compile(model)
-    mesh = build_mesh(train_cfg, device, world_size)
-    apply_fsdp(model, mesh, param_dtype_for(train_cfg, device))
+    apply_fsdp(model, data_parallel_mesh(mesh), param_dtype_for(train_cfg, device))
     return model
 
 

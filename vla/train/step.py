@@ -22,6 +22,7 @@ from vla.train.config import TrainConfig
 from vla.train.parallelize import build_grad_scaler, parallelize
 from vla.train.progress import MetricSums, StepTimer, lm_tokens_per_frame
 from vla.train.schedule import build_optimizer, build_scheduler
+from vla.train.tensor_parallel import clip_grad_norm, same_batch_in_group
 
 Batch = dict[str, torch.Tensor]
 
@@ -75,6 +76,7 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
 
 
 def forward_loss(model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+    batch = same_batch_in_group(model, batch)  # tensor parallelism: one batch per group
     output = model(batch["images"], batch["input_ids"], batch["attention_mask"])
     return model.loss(output, batch["actions"], batch["action_mask"])
 
@@ -93,7 +95,7 @@ def forward_backward(trainer: Trainer, batch: Batch) -> None:
 def optimizer_step(trainer: Trainer) -> None:
     """Unscale (fp16), clip, step the optimizer and the schedule; the gradient norm stays on device."""
     trainer.scaler.unscale_(trainer.optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(trainer.params, trainer.train_cfg.grad_clip or math.inf)
+    grad_norm = clip_grad_norm(trainer.params, trainer.train_cfg.grad_clip or math.inf)
     grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
     trainer.lr = trainer.scheduler.get_last_lr()[0]  # the rate this step uses
     trainer.scaler.step(trainer.optimizer)

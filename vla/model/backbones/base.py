@@ -21,6 +21,18 @@ HALF = (0.5, 0.5, 0.5)
 # of them or to ``unused_modules()`` (always frozen: no gradient ever reaches it).
 GROUPS = ("vision", "text_embedding", "language_model")
 
+# Tensor parallelism of a Llama-style decoder block (Llama, Gemma, Qwen2): the projections into
+# heads and MLP channels split by output ("colwise"), the projections back split by input.
+LLAMA_TP_PLAN = {
+    "self_attn.q_proj": "colwise",
+    "self_attn.k_proj": "colwise",
+    "self_attn.v_proj": "colwise",
+    "self_attn.o_proj": "rowwise",
+    "mlp.gate_proj": "colwise",
+    "mlp.up_proj": "colwise",
+    "mlp.down_proj": "rowwise",
+}
+
 
 class SpecialIds(NamedTuple):
     """The token ids the sequence assembly embeds around the instruction."""
@@ -125,6 +137,10 @@ class Backbone(nn.Module, ABC):
     def unused_modules(self) -> list[nn.Module]:
         """Modules whose output never reaches the action token (kept for checkpoint compatibility)."""
         return []
+
+    def tensor_parallel_plan(self) -> dict[str, str] | None:
+        """Decoder-block submodule -> ``"colwise"``/``"rowwise"`` (``vla.train.tensor_parallel``); None: no plan."""
+        return None
 
 
 def _as_id(value: object) -> int | None:

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from vla.model.backbones.base import Backbone
+from vla.model.backbones.base import LLAMA_TP_PLAN, Backbone
 
 
 class ProjectorVLMBackbone(Backbone):
@@ -31,6 +31,9 @@ class ProjectorVLMBackbone(Backbone):
 
     def vision_blocks(self) -> list[nn.Module]:
         return list(self.model.vision_tower.encoder.layers)
+
+    def tensor_parallel_plan(self) -> dict[str, str]:
+        return LLAMA_TP_PLAN  # Gemma, Llama and Qwen2 blocks name their projections alike
 
     def module_groups(self) -> dict[str, list[nn.Module]]:
         return {

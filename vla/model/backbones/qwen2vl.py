@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from transformers import Qwen2VLForConditionalGeneration
 
-from vla.model.backbones.base import CLIP_MEAN, CLIP_STD, Backbone
+from vla.model.backbones.base import CLIP_MEAN, CLIP_STD, LLAMA_TP_PLAN, Backbone
 
 
 class Qwen2VLBackbone(Backbone):
@@ -88,6 +88,9 @@ class Qwen2VLBackbone(Backbone):
 
     def vision_blocks(self) -> list[nn.Module]:
         return list(self.model.visual.blocks)
+
+    def tensor_parallel_plan(self) -> dict[str, str]:
+        return LLAMA_TP_PLAN  # Gemma, Llama and Qwen2 blocks name their projections alike
 
     def module_groups(self) -> dict[str, list[nn.Module]]:
         return {

@@ -1,0 +1,85 @@
+"""Data wait when training streams its dataset from object storage, against local disk.
+
+    python benchmarks/object_storage.py --steps 30 --episodes 60
+
+Starts a local S3 server (moto) on loopback, writes the same synthetic dataset to local disk
+and to ``s3://bench/data``, trains the same run from each (``train_throughput.platform_run``:
+Ray Train, FSDP2, Ray Data) and prints the data wait per step, the step time and their ratio.
+A real S3 bucket is farther away than loopback but also faster per request than moto: run
+it against your bucket by exporting ``AWS_*`` and passing ``--bucket``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from train_throughput import platform_run
+
+from vla.data.converters.synthetic import convert_synthetic
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="paligemma")
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--window", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=8, help="windows per worker per step")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--episodes", type=int, default=60)
+    parser.add_argument("--bucket", help="an existing bucket to use instead of a local moto server")
+    parser.set_defaults(gpu=False)
+    return parser.parse_args()
+
+
+def start_moto() -> subprocess.Popen:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).with_name("moto_server")), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.environ.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench",
+                      AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    for _ in range(100):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    import boto3
+
+    boto3.client("s3").create_bucket(Bucket="bench")
+    return server
+
+
+def main() -> None:
+    args = parse_args()
+    server = None if args.bucket else start_moto()
+    bucket = args.bucket or "bench"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            runs = {}
+            for where, data in (("local disk", f"{tmp}/data"), ("s3", f"s3://{bucket}/vla-bench/data")):
+                convert_synthetic(data, episodes=args.episodes, val_episodes=4, image_size=args.image_size)
+                runs[where] = platform_run(args, data, f"{tmp}/runs-{where.replace(' ', '-')}")
+    finally:
+        if server is not None:
+            server.terminate()
+    print(f"\n{args.backbone} hidden {args.hidden} x {args.layers}, {args.batch} windows/worker, "
+          f"{args.workers} workers, {args.steps} steps ({'moto on loopback' if server else bucket})")
+    print(f"{'data from':>11} {'step (s)':>9} {'data wait (s)':>14} {'wait / step':>12}")
+    for where, run in runs.items():
+        print(f"{where:>11} {run['step_time_s']:9.3f} {run['data_wait_s']:14.3f} "
+              f"{run['data_wait_s'] / run['step_time_s']:12.1%}")
+
+
+if __name__ == "__main__":
+    main()

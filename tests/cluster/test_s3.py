@@ -1,0 +1,110 @@
+"""Dataset, run, checkpoints, resume and export on object storage, through a real S3 server.
+
+Credentials and endpoint come from the environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+...), as an AWS user sets them; each pipeline runs as a user runs it, in its own process.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from conftest import BUCKET
+from procs import run_pipeline
+
+from vla.train.storage import StorageError, check_storage, exists, localize
+
+TINY = [
+    "run.wandb_mode=offline",
+    "model.tiny_hidden_size=32",
+    "model.tiny_num_layers=1",
+    "model.window_size=2",
+    "model.head_hidden_size=32",
+    "model.head_num_layers=1",
+    "data.batch_size=4",
+    "train.num_workers=2",
+    "train.lr=1e-3",
+    "train.log_every=1",
+]
+
+
+def list_dirs(uri: str, prefix: str) -> list[str]:
+    import pyarrow.fs as pafs
+
+    fs, inner = pafs.FileSystem.from_uri(uri)
+    infos = fs.get_file_info(pafs.FileSelector(inner))
+    return sorted(f"s3://{i.path}" for i in infos if i.base_name.startswith(prefix) and i.type == pafs.FileType.Directory)
+
+
+def printed(output: str, label: str) -> str:
+    """The location ``pipelines/train.py`` printed after ``label:``."""
+    return re.search(rf"^{label}:\s+(\S+)$", output, re.M)[1]
+
+
+@pytest.fixture
+def aws(s3_env, monkeypatch, tmp_path):
+    """This process with the user's AWS environment and its own download cache."""
+    for key, value in {**s3_env, "VLA_CACHE_DIR": str(tmp_path / "cache")}.items():
+        monkeypatch.setenv(key, value)
+    return s3_env
+
+
+def test_bad_credentials_fail_before_anything_starts(aws):
+    wrong = {**aws, "AWS_SECRET_ACCESS_KEY": "not-the-secret"}
+    proc = run_pipeline("train.py", [f"data.path=s3://{BUCKET}/nothing", f"run.storage_path=s3://{BUCKET}/runs"], wrong)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: data.path s3://{BUCKET}/nothing: access denied")
+    assert "Ray" not in proc.stdout + proc.stderr  # no Ray instance, no worker was started
+
+
+def test_missing_bucket_fails_before_anything_starts(aws):
+    with pytest.raises(StorageError, match=r"^run.storage_path s3://no-such-bucket/runs: bucket 'no-such-bucket' does"):
+        check_storage("s3://no-such-bucket/runs", "run.storage_path", writable=True)
+    check_storage(f"s3://{BUCKET}/runs", "run.storage_path", writable=True)
+    assert not exists(f"s3://{BUCKET}/runs/.vla_write_check")  # the probe leaves nothing behind
+
+
+def test_localize_caches_a_folder_and_refetches_it_when_it_changes(aws):
+    from vla.train.storage import write_bytes
+
+    write_bytes(f"s3://{BUCKET}/cached/a.txt", b"one")
+    local = localize(f"s3://{BUCKET}/cached")
+    assert open(f"{local}/a.txt", "rb").read() == b"one"
+    assert localize(f"s3://{BUCKET}/cached") == local
+    write_bytes(f"s3://{BUCKET}/cached/a.txt", b"two!")
+    assert open(f"{localize(f's3://{BUCKET}/cached')}/a.txt", "rb").read() == b"two!"
+    with pytest.raises(StorageError, match=f"s3://{BUCKET}/absent: no such folder"):
+        localize(f"s3://{BUCKET}/absent")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_train_resume_export_and_act_entirely_on_s3(aws):
+    data = f"s3://{BUCKET}/datasets/synthetic"
+    made = run_pipeline("prepare_data.py", ["synthetic", data, "--episodes", "8", "--val-episodes", "2"], aws)
+    assert made.returncode == 0, made.stderr
+    run = [f"data.path={data}", f"run.storage_path=s3://{BUCKET}/runs", "run.name=s3run", *TINY]
+
+    # The workers fail at step 2, before its checkpoint: the group restarts from step 1's, on S3.
+    proc = run_pipeline(
+        "train.py", [*run, "train.max_steps=3", "train.checkpoint_every=1", "train.inject_failure_at_step=2",
+                     "train.max_failures=1"], aws)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "resuming at step 1 of 3" in proc.stderr
+    assert printed(proc.stdout, "run folder") == f"s3://{BUCKET}/runs/s3run"
+    assert printed(proc.stdout, "checkpoint") == f"s3://{BUCKET}/runs/s3run/checkpoint_step0000003"
+    assert printed(proc.stdout, "policy") == f"s3://{BUCKET}/runs/s3run/export"
+    checkpoints = list_dirs(f"s3://{BUCKET}/runs/s3run", "checkpoint_")
+    assert checkpoints[-1].endswith("checkpoint_step0000003")
+    for checkpoint in checkpoints:  # nothing half-written: the marker file is written last
+        assert exists(f"{checkpoint}/train_state.json"), checkpoint
+
+    from vla.policy import Policy
+
+    policy = Policy.load(printed(proc.stdout, "policy"))
+    observation = {"images": {camera: np.zeros((32, 32, 3), np.uint8) + 40 for camera in policy.preprocessor.cameras},
+                   "instruction": "push the block"}
+    action = policy.act(observation)
+    assert action.shape == (7,) and np.isfinite(action).all()
