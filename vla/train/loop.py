@@ -24,6 +24,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from vla.config import Config, resolve_config
 from vla.data import iter_batches
+from vla.eval.during_training import CheckpointEvaluator
 from vla.model import build_model, count_parameters, save_export
 from vla.model.export import NORMALIZATION_FILE, RUN_CONFIG_FILE
 from vla.train.checkpoint import TrainState, load_checkpoint, save_checkpoint, state_fingerprint
@@ -175,6 +176,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "resuming" if resumed is not None else "starting", state.step, total_steps, world_size,
             device.type, trainable, total,
         )
+    evaluator = CheckpointEvaluator.for_rank(rank, cfg, run_dir, logger)  # train.eval_every
     shard_numel = sum(p.to_local().numel() for p in model.parameters())
     base_metrics = {"trainable_params": trainable, "total_params": total, "local_param_numel": shard_numel}
 
@@ -213,6 +215,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             state.step += 1
             timer.step_done()
             maybe_inject_failure(state.step, tcfg.inject_failure_at_step, run_dir)
+            if evaluator is not None:
+                evaluator.poll(state.step)
 
             window_metrics = {k: float(v) for k, v in metrics.items()}
             window_metrics["lr"] = lr
@@ -234,6 +238,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             if is_checkpoint_step or state.step == total_steps:
                 _checkpoint_and_report(model, optimizer, scheduler, state, report, logger)
                 last_checkpoint_step = state.step
+                if evaluator is not None:
+                    evaluator.offer(state.step, tcfg.eval_every)
                 if logger is not None:
                     logger.sync()
             elif tcfg.val_every and state.step % tcfg.val_every == 0:
@@ -251,5 +257,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         destination = export_policy(model, cfg, run_dir, loop_config["normalization_json"])
         if destination is not None:
             log.info("exported the policy to %s", destination)
+    if evaluator is not None:
+        evaluator.finish(state.step)
     if logger is not None:
         log.info("metrics plot: %s", logger.finish())
