@@ -75,7 +75,8 @@ class CheckpointEvaluator:
         self.run_dict = cfg.to_dict()
         self.logger = logger
         self.timeout_s = settings.timeout_s
-        self.task = ray.remote(num_cpus=settings.cpus, num_gpus=settings.gpus, max_retries=0)(evaluate_checkpoint)
+        self.task = ray.remote(num_cpus=settings.cpus, num_gpus=settings.gpus, max_retries=0,
+                               scheduling_strategy="DEFAULT")(evaluate_checkpoint)  # not in the workers' bundles
         self.pending: tuple[int, ray.train.Checkpoint] | None = None
         self.skipped: tuple[int, ray.train.Checkpoint] | None = None  # the latest checkpoint skipped
         self.in_flight: _InFlight | None = None

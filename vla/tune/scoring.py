@@ -31,7 +31,8 @@ CHECKPOINT_PREFIX = "checkpoint_step"  # the folder names vla.train.loop reports
 
 def score_checkpoint(checkpoint: ray.train.Checkpoint, run_dir: str, cfg: Config) -> dict[str, float]:
     """Closed-loop success of ``checkpoint`` (a Ray task on ``train.eval.cpus``); {} if it failed."""
-    task = ray.remote(num_cpus=cfg.train.eval.cpus, num_gpus=cfg.train.eval.gpus, max_retries=0)(evaluate_checkpoint)
+    task = ray.remote(num_cpus=cfg.train.eval.cpus, num_gpus=cfg.train.eval.gpus, max_retries=0,
+                      scheduling_strategy="DEFAULT")(evaluate_checkpoint)  # beside the trial, not in its bundles
     try:
         return ray.get(task.remote(checkpoint, run_dir, cfg.to_dict(), offline=False, calvin=False),
                        timeout=cfg.train.eval.timeout_s)
