@@ -67,7 +67,7 @@ def snapshot(checkpoint: ray.train.Checkpoint, step: int) -> tuple[ray.train.Che
 
 
 class CheckpointEvaluator:
-    """``offer`` a reported checkpoint, ``poll`` every step, ``finish`` at the end; never raises."""
+    """``after_step`` every step (``poll`` + ``offer``), ``finish`` at the end; never raises."""
 
     def __init__(self, cfg: Config, run_dir: str, logger: RunLogger) -> None:
         settings = cfg.train.eval
@@ -75,6 +75,7 @@ class CheckpointEvaluator:
         self.run_dict = cfg.to_dict()
         self.logger = logger
         self.timeout_s = settings.timeout_s
+        self.every = cfg.train.eval_every
         self.task = ray.remote(num_cpus=settings.cpus, num_gpus=settings.gpus, max_retries=0,
                                scheduling_strategy="DEFAULT")(evaluate_checkpoint)  # not in the workers' bundles
         self.pending: tuple[int, ray.train.Checkpoint] | None = None
@@ -93,6 +94,12 @@ class CheckpointEvaluator:
         if rank != 0 or not cfg.train.eval_every or logger is None:
             return None
         return cls(cfg, run_dir, logger)
+
+    def after_step(self, step: int, checkpoint_step: int) -> None:
+        """Every optimizer step: ``poll``, then ``offer`` the checkpoint if one was reported at ``step``."""
+        self.poll(step)
+        if checkpoint_step == step:
+            self.offer(step, self.every)
 
     def offer(self, step: int, every: int) -> None:
         """After a checkpoint was reported at ``step``: queue it if ``step`` is a multiple of ``every``."""

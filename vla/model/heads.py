@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -10,8 +10,10 @@ from torch import nn
 from vla.model.config import ModelConfig
 
 
-@dataclass
-class ActionOutput:
+class ActionOutput(NamedTuple):
+    """What the head (and so the ``VLAModel``) returns: a NamedTuple, a pytree of tensors that
+    FSDP2 hooks on every torch version (a dataclass is opaque to it before 2.13)."""
+
     pose: torch.Tensor  # [B, T, N, 6], in [-1, 1] (normalized)
     gripper_logits: torch.Tensor  # [B, T, N], > 0 means open (+1)
 

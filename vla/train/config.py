@@ -12,6 +12,8 @@ from vla.eval.settings import EvalConfig
 @dataclass
 class TrainConfig:
     # Optimizer and schedule: AdamW, linear warmup, cosine decay to min_lr
+    # AdamW's implementation: auto = fused on CUDA, foreach (multi-tensor) elsewhere
+    optimizer: Literal["auto", "adamw_fused", "adamw_foreach", "adamw"] = "auto"
     lr: float = 2e-5
     min_lr: float = 0.0
     weight_decay: float = 0.0
@@ -37,8 +39,12 @@ class TrainConfig:
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 0.5  # < 1 on small nodes so Ray Data tasks keep a CPU
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
-    activation_checkpointing: bool = False
+    # Compute precision of the sharded blocks: auto = bf16 on GPU, fp32 on CPU; fp16 adds
+    # gradient scaling (GPUs without bf16, e.g. V100/T4). Master weights and gradient
+    # reduction stay fp32, the head computes in fp32.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    activation_checkpointing: bool = False  # recompute every vision and LM block in backward
+    compile: Literal["auto", True, False] = "auto"  # torch.compile each block; auto = on CUDA only
     hsdp_replicas: int = 1  # > 1: replicate across this many groups (nodes), shard within
     max_failures: int = 0  # worker-group restarts from the latest checkpoint
     # A worker group that cannot get its resources fails after (1 + this) x 60 s instead of

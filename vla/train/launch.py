@@ -164,7 +164,7 @@ def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = ()) -> TorchT
             callbacks=list(callbacks),
         ),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=[cfg.data.train_split]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=list(datasets)),  # equal shards: validation too
     )
 
 

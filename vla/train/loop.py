@@ -1,17 +1,28 @@
-"""The training loop that runs in every Ray Train worker.
+"""The training loop that runs in every Ray Train worker, in the shape of torchtitan's ``train.py``.
 
-Per worker: build the model, parallelize it (FSDP2), build the optimizer over the sharded
-parameters, resume from Ray Train's latest checkpoint if there is one, then train on this
-worker's shard of the streamed windows: gradient accumulation, clipping, warmup + cosine,
-validation, sharded checkpoints and, at the end, a consolidated export for inference.
+Per worker: build the model and its ``Trainer`` (``vla.train.step``: activation checkpointing,
+compile, FSDP2, the optimizer over the sharded parameters), resume from Ray Train's latest
+checkpoint if there is one, then repeat ``train_step`` (gradient accumulation over
+micro-batches, clipping, the optimizer and the schedule), ``maybe_log``, ``maybe_validate`` and
+``maybe_checkpoint`` until the last step; at the end, a consolidated export for inference.
+
+No step waits for the device needlessly: losses and metrics stay on the device as detached
+sums and are reduced across ranks and read on the host only on the steps that log, validate
+or report. There is no per-batch "does every rank still have data" all-reduce:
+Ray Train splits the training and validation splits with ``streaming_split(equal=True)``, so
+every rank gets the same number of rows, hence of batches, and all ranks leave an epoch after
+the same batch (a resumed run skips the same ``batch_in_epoch`` on each).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 import random
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +39,9 @@ from vla.eval.during_training import CheckpointEvaluator
 from vla.model import build_model, count_parameters, save_export
 from vla.model.export import NORMALIZATION_FILE, RUN_CONFIG_FILE
 from vla.train.checkpoint import TrainState, load_checkpoint, save_checkpoint, state_fingerprint
-from vla.train.parallelize import parallelize, reshard
-from vla.train.progress import RunLogger, StepTimer
-from vla.train.schedule import build_scheduler
+from vla.train.parallelize import reshard
+from vla.train.progress import MetricSums, RunLogger
+from vla.train.step import Batch, Trainer, build_trainer, forward_loss, to_device, train_step
 from vla.train.storage import exists, is_uri, upload, write_bytes
 
 log = logging.getLogger("vla.train")
@@ -59,49 +70,119 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def all_ranks_have(item: Any, device: torch.device) -> bool:
-    """True while every rank still has data: FSDP collectives need the same step count on all ranks."""
-    flag = torch.tensor([0 if item is None else 1], device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+@dataclass
+class Run:
+    """One worker's run: the step's ``Trainer`` plus what the loop logs, validates and reports."""
+
+    cfg: Config
+    run_dir: str
+    total_steps: int
+    trainer: Trainer
+    logger: RunLogger | None  # rank 0 only
+    base_metrics: dict[str, float] = field(default_factory=dict)  # parameter counts, reported always
+    last_logged: dict[str, float] = field(default_factory=dict)
+    last_val: dict[str, float] = field(default_factory=dict)
+    last_checkpoint_step: int = -1
+
+    @property
+    def state(self) -> TrainState:
+        return self.trainer.state
+
+    def is_step(self, every: int) -> bool:
+        """True on every ``every``-th step (never when ``every`` is 0)."""
+        return bool(every) and self.state.step % every == 0
+
+    def report_metrics(self) -> dict[str, float]:
+        """What ``ray.train.report`` gets: position, parameter counts, the last training and validation means."""
+        return {"step": self.state.step, "epoch": self.state.epoch, **self.base_metrics, **self.last_logged, **self.last_val}
 
 
-def synced(batches: Iterable[dict[str, torch.Tensor]], device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
-    """Yield batches until any rank runs out, so no rank waits in a collective forever."""
-    iterator = iter(batches)
-    while True:
-        batch = next(iterator, None)
-        if not all_ranks_have(batch, device):
-            return
-        yield batch
+def batch_stream(run: Run, train_shard) -> Iterator[Batch]:
+    """Micro-batches over the epochs, from the resumed position on; keeps the train state's
+    ``epoch`` and ``batch_in_epoch`` on the next batch to take."""
+    state, tcfg = run.state, run.cfg.train
+    while tcfg.max_steps or state.epoch < tcfg.epochs:
+        batches = iter_batches(train_shard, run.cfg.data, epoch=state.epoch)
+        for _ in range(state.batch_in_epoch):
+            next(batches, None)
+        for batch in batches:
+            state.batch_in_epoch += 1
+            yield batch
+        state.epoch += 1
+        state.batch_in_epoch = 0
 
 
-def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-def forward_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    output = model(batch["images"], batch["input_ids"], batch["attention_mask"])
-    return model.loss(output, batch["actions"], batch["action_mask"])
+def maybe_log(run: Run) -> None:
+    """On log steps: means over every micro-batch of every rank since the last log, and the timing."""
+    trainer, step = run.trainer, run.state.step
+    if not (run.is_step(run.cfg.train.log_every) or step == run.total_steps):
+        return
+    metrics = {**trainer.micro_metrics.mean_over_ranks(), **trainer.step_metrics.mean_over_ranks(), "lr": trainer.lr}
+    metrics.update(trainer.timer.window(run.total_steps - step))
+    run.last_logged = metrics
+    if run.logger is not None:
+        run.logger.log(step, metrics)
+        run.logger.progress(step, run.total_steps, metrics)
 
 
 @torch.no_grad()
-def validate(model: torch.nn.Module, val_shard, cfg: Config, device: torch.device) -> dict[str, float]:
-    """Mean validation metrics over the first ``train.val_batches`` batches (same on every rank)."""
+def validate(trainer: Trainer, val_shard, cfg: Config) -> dict[str, float]:
+    """Mean validation metrics over ``train.val_batches`` batches, split between the ranks.
+
+    Each rank evaluates ``ceil(val_batches / world_size)`` batches of its own shard of the
+    split; the sums are reduced across ranks once.
+    """
+    model = trainer.model
+    per_rank = math.ceil(cfg.train.val_batches / trainer.world_size)
+    sums = MetricSums()
     model.eval()
-    sums: dict[str, float] = {}
-    count = 0
-    batches = iter_batches(val_shard, cfg.data, epoch=0)
-    for batch in synced(batches, device):
-        metrics = forward_loss(model, to_device(batch, device))
-        for key, value in metrics.items():
-            sums[key] = sums.get(key, 0.0) + float(value)
-        count += 1
-        if count >= cfg.train.val_batches:
-            break
+    for batch in itertools.islice(iter_batches(val_shard, cfg.data, epoch=0), per_rank):
+        sums.add(forward_loss(model, to_device(batch, trainer.device)))
     reshard(model)
     model.train()
-    return {f"val_{key}": total / max(1, count) for key, total in sums.items()}
+    return {f"val_{key}": value for key, value in sums.mean_over_ranks().items()}
+
+
+def maybe_validate(run: Run, val_shard) -> bool:
+    """On validation steps: validate, log, and keep the result for the reports; True if it ran."""
+    if not run.is_step(run.cfg.train.val_every):
+        return False
+    with run.trainer.timer.excluded():
+        run.last_val = validate(run.trainer, val_shard, run.cfg)
+    if run.logger is not None:
+        run.logger.log(run.state.step, run.last_val)
+        run.logger.progress(run.state.step, run.total_steps, run.last_val)
+    return True
+
+
+def checkpoint_and_report(run: Run) -> None:
+    """Save a sharded checkpoint (every rank) and hand it to Ray Train with the metrics."""
+    trainer, state = run.trainer, run.state
+    fingerprint = state_fingerprint(trainer.model, trainer.optimizer)
+    if run.logger is not None:
+        run.logger.log(state.step, {"checkpoint_fingerprint": fingerprint})
+    with tempfile.TemporaryDirectory(prefix="vla_ckpt_") as tmp:
+        save_checkpoint(Path(tmp), trainer.model, trainer.optimizer, trainer.scheduler, state)
+        ray.train.report(
+            run.report_metrics(),
+            checkpoint=ray.train.Checkpoint.from_directory(tmp),
+            checkpoint_dir_name=f"checkpoint_step{state.step:07d}",
+        )
+    run.last_checkpoint_step = state.step
+    if run.logger is not None:
+        run.logger.sync()
+
+
+def maybe_checkpoint(run: Run, validated: bool) -> None:
+    """Checkpoint (and report) on checkpoint steps and the last step; else report after a validation.
+
+    Every rank reports on the same steps, as Ray Train requires.
+    """
+    if run.is_step(run.cfg.train.checkpoint_every) or run.state.step == run.total_steps:
+        with run.trainer.timer.excluded():
+            checkpoint_and_report(run)
+    elif validated:
+        ray.train.report(run.report_metrics())
 
 
 def export_policy(model: torch.nn.Module, cfg: Config, run_dir: str, normalization_json: str) -> str | None:
@@ -122,142 +203,75 @@ def export_policy(model: torch.nn.Module, cfg: Config, run_dir: str, normalizati
     return destination
 
 
-def _checkpoint_and_report(
-    model, optimizer, scheduler, state: TrainState, metrics: dict[str, float], logger: RunLogger | None
-) -> None:
-    fingerprint = state_fingerprint(model, optimizer)
+def build_run(cfg: Config, run_dir: str, total_steps: int, rank: int, world_size: int) -> Run:
+    """Model, parallelism, optimizer, schedule and loss scaler; resumed from Ray Train's latest checkpoint."""
+    tcfg = cfg.train
+    device = torch.device("cuda", torch.cuda.current_device()) if tcfg.use_gpu else torch.device("cpu")
+    seed_everything(tcfg.seed)
+    model = build_model(cfg.model)
+    trainable, total = count_parameters(model)
+    trainer = build_trainer(model, tcfg, device, world_size, total_steps=total_steps, text_len=cfg.data.max_text_len)
+    logger = None
+    if rank == 0:
+        logger = RunLogger(run_dir, cfg.run.name, cfg.run.wandb_project, cfg.run.wandb_mode, cfg.to_dict())
+    run = Run(cfg=cfg, run_dir=run_dir, total_steps=total_steps, trainer=trainer, logger=logger)
+    run.base_metrics = {
+        "trainable_params": trainable,
+        "total_params": total,
+        "local_param_numel": sum(p.to_local().numel() for p in model.parameters()),
+    }
+    resume(run, rank)
     if logger is not None:
-        logger.log(state.step, {"checkpoint_fingerprint": fingerprint})
-    with tempfile.TemporaryDirectory(prefix="vla_ckpt_") as tmp:
-        save_checkpoint(Path(tmp), model, optimizer, scheduler, state)
-        ray.train.report(
-            metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(tmp),
-            checkpoint_dir_name=f"checkpoint_step{state.step:07d}",
+        log.info(
+            "%s at step %d of %d on %d %s worker(s): %d of %d parameters trainable, %d LM tokens per frame",
+            "resuming" if run.state.step else "starting", run.state.step, total_steps, world_size,
+            device.type, trainable, total, trainer.tokens_per_frame,
         )
+    return run
+
+
+def resume(run: Run, rank: int) -> None:
+    """Load Ray Train's latest checkpoint, if any, and seed this rank for the position reached."""
+    trainer = run.trainer
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as directory:
+            trainer.state = load_checkpoint(Path(directory), trainer.model, trainer.optimizer, trainer.scheduler)
+        fingerprint = state_fingerprint(trainer.model, trainer.optimizer)
+        if run.logger is not None:
+            run.logger.log(run.state.step, {"resumed_fingerprint": fingerprint})
+    seed_everything(run.cfg.train.seed + 1000 * rank + run.state.step)
 
 
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point; ``loop_config`` is built by ``vla.train.launch``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     cfg = resolve_config(loop_config["config"])
-    tcfg = cfg.train
     run_dir: str = loop_config["run_dir"]
-    total_steps: int = loop_config["total_steps"]
-    rank = ray.train.get_context().get_world_rank()
-    world_size = ray.train.get_context().get_world_size()
-    device = torch.device("cuda", torch.cuda.current_device()) if tcfg.use_gpu else torch.device("cpu")
-    seed_everything(tcfg.seed)
-
-    model = build_model(cfg.model)
-    trainable, total = count_parameters(model)
-    parallelize(model, tcfg, device, world_size)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=tcfg.lr, betas=tcfg.betas, weight_decay=tcfg.weight_decay)
-    scheduler = build_scheduler(
-        optimizer, lr=tcfg.lr, min_lr=tcfg.min_lr, warmup_steps=tcfg.warmup_steps, total_steps=total_steps
-    )
-
-    state = TrainState()
-    resumed = ray.train.get_checkpoint()
-    if resumed is not None:
-        with resumed.as_directory() as directory:
-            state = load_checkpoint(Path(directory), model, optimizer, scheduler)
-    seed_everything(tcfg.seed + 1000 * rank + state.step)
-    fingerprint = state_fingerprint(model, optimizer) if resumed is not None else None
-
-    logger = None
-    if rank == 0:
-        logger = RunLogger(run_dir, cfg.run.name, cfg.run.wandb_project, cfg.run.wandb_mode, cfg.to_dict())
-        if fingerprint is not None:
-            logger.log(state.step, {"resumed_fingerprint": fingerprint})
-        log.info(
-            "%s at step %d of %d on %d %s worker(s): %d of %d parameters trainable",
-            "resuming" if resumed is not None else "starting", state.step, total_steps, world_size,
-            device.type, trainable, total,
-        )
-    evaluator = CheckpointEvaluator.for_rank(rank, cfg, run_dir, logger)  # train.eval_every
-    shard_numel = sum(p.to_local().numel() for p in model.parameters())
-    base_metrics = {"trainable_params": trainable, "total_params": total, "local_param_numel": shard_numel}
-
+    context = ray.train.get_context()
+    run = build_run(cfg, run_dir, loop_config["total_steps"], context.get_world_rank(), context.get_world_size())
     train_shard = ray.train.get_dataset_shard(cfg.data.train_split)
-    val_shard = ray.train.get_dataset_shard(cfg.data.val_split) if tcfg.val_every else None
-    timer = StepTimer()
-    last_val: dict[str, float] = {}
-    window_metrics: dict[str, float] = {}
-    last_checkpoint_step = -1
-    micro = 0
-    model.train()
+    val_shard = ray.train.get_dataset_shard(cfg.data.val_split) if cfg.train.val_every else None
+    batches = batch_stream(run, train_shard)
+    evaluator = CheckpointEvaluator.for_rank(context.get_world_rank(), cfg, run_dir, run.logger)  # train.eval_every
+    run.trainer.model.train()
 
-    while state.step < total_steps and (tcfg.max_steps or state.epoch < tcfg.epochs):
-        batches = iter_batches(train_shard, cfg.data, epoch=state.epoch)
-        for _ in range(state.batch_in_epoch):
-            next(batches, None)
-        for batch in synced(batches, device):
-            timer.data_ready()
-            batch = to_device(batch, device)
-            micro += 1
-            last_micro = micro % tcfg.grad_accum_steps == 0
-            model.set_requires_gradient_sync(last_micro)
-            metrics = forward_loss(model, batch)
-            (metrics["loss"] / tcfg.grad_accum_steps).backward()
-            state.batch_in_epoch += 1
-            state.samples_seen += batch["images"].shape[0] * world_size
-            timer.computed(batch["images"].shape[0] * world_size, batch["input_ids"].numel() * world_size)
-            if not last_micro:
-                continue
+    while run.state.step < run.total_steps and train_step(run.trainer, batches):
+        maybe_inject_failure(run.state.step, cfg.train.inject_failure_at_step, run_dir)
+        maybe_log(run)
+        validated = maybe_validate(run, val_shard)
+        maybe_checkpoint(run, validated)
+        if evaluator is not None:
+            evaluator.after_step(run.state.step, run.last_checkpoint_step)
 
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip or float("inf"))
-            lr = scheduler.get_last_lr()[0]  # the rate this step uses
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            state.step += 1
-            timer.step_done()
-            maybe_inject_failure(state.step, tcfg.inject_failure_at_step, run_dir)
-            if evaluator is not None:
-                evaluator.poll(state.step)
-
-            window_metrics = {k: float(v) for k, v in metrics.items()}
-            window_metrics["lr"] = lr
-            window_metrics["grad_norm"] = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
-            if state.step % tcfg.log_every == 0 or state.step == total_steps:
-                window_metrics.update(timer.window(total_steps - state.step))
-                if logger is not None:
-                    logger.log(state.step, window_metrics)
-                    logger.progress(state.step, total_steps, window_metrics)
-
-            report = {"step": state.step, "epoch": state.epoch, **base_metrics, **window_metrics}
-            if tcfg.val_every and state.step % tcfg.val_every == 0:
-                last_val = validate(model, val_shard, cfg, device)
-                if logger is not None:
-                    logger.log(state.step, last_val)
-                    logger.progress(state.step, total_steps, last_val)
-            report.update(last_val)
-            is_checkpoint_step = tcfg.checkpoint_every and state.step % tcfg.checkpoint_every == 0
-            if is_checkpoint_step or state.step == total_steps:
-                _checkpoint_and_report(model, optimizer, scheduler, state, report, logger)
-                last_checkpoint_step = state.step
-                if evaluator is not None:
-                    evaluator.offer(state.step, tcfg.eval_every)
-                if logger is not None:
-                    logger.sync()
-            elif tcfg.val_every and state.step % tcfg.val_every == 0:
-                ray.train.report(report)
-            if state.step >= total_steps:
-                break
-        else:
-            state.epoch += 1
-            state.batch_in_epoch = 0
-
-    if last_checkpoint_step != state.step and state.step < total_steps:
-        report = {"step": state.step, "epoch": state.epoch, **base_metrics, **window_metrics, **last_val}
-        _checkpoint_and_report(model, optimizer, scheduler, state, report, logger)
+    ran_out = run.state.step < run.total_steps  # the data ended before the last step
+    if ran_out and run.last_checkpoint_step != run.state.step:
+        checkpoint_and_report(run)
     if cfg.run.export:
-        destination = export_policy(model, cfg, run_dir, loop_config["normalization_json"])
+        destination = export_policy(run.trainer.model, cfg, run_dir, loop_config["normalization_json"])
         if destination is not None:
             log.info("exported the policy to %s", destination)
     if evaluator is not None:
-        evaluator.finish(state.step)
-    if logger is not None:
-        log.info("metrics plot: %s", logger.finish())
+        evaluator.finish(run.state.step)
+    if run.logger is not None:
+        log.info("metrics plot: %s", run.logger.finish())

@@ -1,11 +1,18 @@
-"""Apply activation checkpointing and FSDP2 to a ``VLAModel`` (torchtitan's order).
+"""Apply activation checkpointing, torch.compile and FSDP2 to a ``VLAModel`` (torchtitan's order).
 
 The model knows nothing of parallelism; this is the one place that does:
-1. activation checkpointing on each LM decoder block (optional),
-2. ``fully_shard`` on every decoder block and vision block,
-3. ``fully_shard`` on the policy head with an fp32 policy (an LSTM in bf16 fails on fp32 inputs),
-4. ``fully_shard`` on the root for what is left (embeddings, projector, action token).
-Build the optimizer after this, over the sharded parameters.
+1. activation checkpointing on each vision and LM block (optional),
+2. ``torch.compile`` on each of those blocks (optional; before sharding, or nothing compiles),
+3. ``fully_shard`` on every vision block and decoder block,
+4. ``fully_shard`` on the policy head with an fp32 policy (an LSTM in bf16 fails on fp32 inputs),
+5. ``fully_shard`` on the root for what is left (embeddings, projector, action token).
+Build the optimizer after this, over the sharded parameters (``vla.train.schedule``).
+
+Every module sharded here returns a tensor or a NamedTuple (``ActionOutput``): FSDP2 registers
+its pre-backward hooks on the tensors it finds in the output pytree, and before torch 2.13 it
+finds none inside a dataclass.
+
+Imports neither Ray nor ``vla.data``: the GPU benchmark runs it where Ray is not installed.
 """
 
 from __future__ import annotations
@@ -15,15 +22,33 @@ from torch import nn
 from torch.distributed._composable import checkpoint
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
 from vla.train.config import TrainConfig
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def param_dtype_for(train_cfg: TrainConfig, device: torch.device) -> torch.dtype:
     """bf16 compute on GPU, fp32 on CPU, unless the config says otherwise."""
     if train_cfg.precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return torch.bfloat16 if train_cfg.precision == "bf16" else torch.float32
+    return PRECISIONS[train_cfg.precision]
+
+
+def compile_enabled(train_cfg: TrainConfig, device: torch.device) -> bool:
+    """``train.compile``, with auto resolved: on for CUDA, off on CPU."""
+    return device.type == "cuda" if train_cfg.compile == "auto" else bool(train_cfg.compile)
+
+
+def build_grad_scaler(train_cfg: TrainConfig, device: torch.device) -> ShardedGradScaler:
+    """Loss scaling for fp16 (a pass-through otherwise).
+
+    The sharded scaler unscales each rank's gradient shards and all-reduces the inf/NaN flag,
+    so every rank skips (or takes) the same steps.
+    """
+    fp16 = param_dtype_for(train_cfg, device) == torch.float16
+    return ShardedGradScaler(device=device.type, enabled=fp16)
 
 
 def build_mesh(train_cfg: TrainConfig, device: torch.device, world_size: int) -> DeviceMesh:
@@ -34,26 +59,39 @@ def build_mesh(train_cfg: TrainConfig, device: torch.device, world_size: int) ->
     return init_device_mesh(device.type, (world_size,), mesh_dim_names=("shard",))
 
 
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The vision tower's blocks, then the LM's: the units of checkpointing, compiling and sharding."""
+    return [*model.backbone.vision_blocks(), *model.backbone.decoder_blocks()]
+
+
 def apply_activation_checkpointing(model: nn.Module) -> None:
-    """Recompute each LM decoder block's activations in backward instead of storing them."""
-    for block in model.backbone.decoder_blocks():
+    """Recompute each vision and LM block's activations in backward instead of storing them."""
+    for block in transformer_blocks(model):
         checkpoint(block)
+
+
+def apply_compile(model: nn.Module) -> None:
+    """Compile each block in place (``nn.Module.compile``); must come before ``fully_shard``."""
+    for block in transformer_blocks(model):
+        block.compile()
 
 
 def apply_fsdp(model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype) -> None:
     """Shard each block, then the head (fp32), then the root."""
     mixed = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     full = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
-    for block in [*model.backbone.vision_blocks(), *model.backbone.decoder_blocks()]:
+    for block in transformer_blocks(model):
         fully_shard(block, mesh=mesh, mp_policy=mixed)
     fully_shard(model.head, mesh=mesh, mp_policy=full)
     fully_shard(model, mesh=mesh, mp_policy=mixed)
 
 
 def parallelize(model: nn.Module, train_cfg: TrainConfig, device: torch.device, world_size: int) -> nn.Module:
-    """Activation checkpointing (if asked), then FSDP2 over ``world_size`` ranks."""
+    """Activation checkpointing and compiling (as configured), then FSDP2 over ``world_size`` ranks."""
     if train_cfg.activation_checkpointing:
         apply_activation_checkpointing(model)
+    if compile_enabled(train_cfg, device):
+        apply_compile(model)
     mesh = build_mesh(train_cfg, device, world_size)
     apply_fsdp(model, mesh, param_dtype_for(train_cfg, device))
     return model

@@ -1,4 +1,5 @@
-"""What a run shows while it trains: progress lines, a metrics file, wandb, and a plot.
+"""What a run shows while it trains: progress lines, a metrics file, wandb, and a plot, and the
+on-device metric sums and step timing they are made of.
 
 Only rank 0 owns a ``RunLogger``. wandb runs offline when no API key is set, so a run never
 fails for lack of network; the same metrics always land in ``metrics.jsonl`` too.
@@ -6,14 +7,19 @@ fails for lack of network; the same metrics always land in ``metrics.jsonl`` too
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import resource
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import torch
+import torch.distributed as dist
 
 from vla.train.storage import is_uri, upload
 
@@ -32,53 +38,120 @@ def format_duration(seconds: float) -> str:
 
 def peak_memory_mb() -> float:
     """This process's peak memory: GPU memory allocated on CUDA, else resident CPU memory."""
-    import torch
-
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return torch.cuda.max_memory_allocated() / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class StepTimer:
-    """Splits wall time between waiting for data and computing, and estimates the time left."""
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device``: host clocks then measure what the GPU did."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def lm_tokens_per_frame(model: torch.nn.Module, text_len: int) -> int:
+    """Tokens the LM processes per frame: BOS, every view's vision tokens, the instruction
+    (padded to ``text_len``), the action tokens and EOS (``vla.model.sequence.assemble``).
+
+    Runs the vision encoder once on one blank image; call it before ``parallelize``.
+    """
+    cfg = model.config
+    probe = torch.zeros(1, 3, model.image_size, model.image_size, device=model.action_token.device)
+    vision_tokens = model.backbone.encode_images(probe).shape[1]
+    return 1 + cfg.num_views * vision_tokens + text_len + cfg.latent_num + 1
+
+
+class MetricSums:
+    """Sums of metrics over micro-batches, kept on the device as detached tensors.
+
+    Adding never waits for the device; ``mean_over_ranks`` is the one all-reduce and the one
+    host read, made only on the steps that log, validate or report.
+    """
 
     def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        for key, value in metrics.items():
+            value = value.detach().float()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+        self.count += 1
+
+    def mean_over_ranks(self) -> dict[str, float]:
+        """The mean of every metric over every micro-batch added on every rank; then start over."""
+        if not self.sums:
+            return {}
+        keys = sorted(self.sums)
+        count = torch.tensor(float(self.count), device=self.sums[keys[0]].device)
+        totals = torch.stack([self.sums[key] for key in keys] + [count])
+        if dist.is_initialized():
+            dist.all_reduce(totals)
+        *values, total_count = totals.tolist()
+        self.sums, self.count = {}, 0
+        return {key: value / max(1.0, total_count) for key, value in zip(keys, values)}
+
+
+class StepTimer:
+    """Splits wall time between waiting for data and the rest of a step, and estimates the time left.
+
+    The host runs ahead of a GPU, so ``window`` synchronizes the device first: the window's
+    wall time then covers all the work queued in it. ``data_wait_s`` is the host's time blocked
+    on the data iterator (the GPU idles for it only when the host is not already ahead);
+    ``compute_s`` is the rest of the step. Time spent in ``excluded()`` (validation,
+    checkpoints) counts in neither.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self.reset()
 
     def reset(self) -> None:
         """Start a new measuring window."""
         self.data_s = 0.0
-        self.compute_s = 0.0
+        self.excluded_s = 0.0
         self.samples = 0
         self.tokens = 0
         self.steps = 0
         self._start = time.perf_counter()
-        self._mark = self._start
 
-    def data_ready(self) -> None:
-        now = time.perf_counter()
-        self.data_s += now - self._mark
-        self._mark = now
+    def next_batch(self, batches: Iterator[Any]) -> Any:
+        """The next item of ``batches`` (None at the end), timed as data wait."""
+        start = time.perf_counter()
+        item = next(batches, None)
+        self.data_s += time.perf_counter() - start
+        return item
 
     def computed(self, samples: int, tokens: int) -> None:
-        now = time.perf_counter()
-        self.compute_s += now - self._mark
-        self._mark = now
         self.samples += samples
         self.tokens += tokens
 
     def step_done(self) -> None:
         self.steps += 1
 
+    @contextlib.contextmanager
+    def excluded(self) -> Iterator[None]:
+        """Time that belongs to no step (validation, checkpoints): the steps' queued work ends first."""
+        synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            synchronize(self.device)
+            self.excluded_s += time.perf_counter() - start
+
     def window(self, steps_left: int) -> dict[str, float]:
-        """Rates since the last call, then start a new window."""
-        elapsed = max(1e-9, time.perf_counter() - self._start)
-        per_step = elapsed / max(1, self.steps)
+        """Rates since the last call (after the device finished), then start a new window."""
+        synchronize(self.device)
+        elapsed = max(1e-9, time.perf_counter() - self._start - self.excluded_s)
+        steps = max(1, self.steps)
+        per_step = elapsed / steps
         stats = {
             "samples_per_s": self.samples / elapsed,
             "tokens_per_s": self.tokens / elapsed,
-            "data_wait_s": self.data_s / max(1, self.steps),
-            "compute_s": self.compute_s / max(1, self.steps),
+            "data_wait_s": self.data_s / steps,
+            "compute_s": max(0.0, elapsed - self.data_s) / steps,
             "step_time_s": per_step,
             "eta_s": per_step * steps_left,
             "peak_memory_mb": peak_memory_mb(),

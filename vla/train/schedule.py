@@ -1,10 +1,41 @@
-"""Learning-rate schedule: linear warmup, then cosine decay to a minimum learning rate."""
+"""The optimizer (AdamW over the sharded parameters) and its learning-rate schedule: linear
+warmup, then cosine decay to a minimum learning rate."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
+
+from vla.train.config import TrainConfig
+
+# How each ``train.optimizer`` choice runs AdamW's update (all give the same result).
+ADAMW_IMPLEMENTATIONS = {
+    "adamw_fused": {"fused": True},  # one kernel over all parameters (CUDA; CPU too in torch >= 2.4)
+    "adamw_foreach": {"foreach": True},  # multi-tensor ops, a few kernels per parameter group
+    "adamw": {"foreach": False},  # one parameter at a time
+}
+
+
+def optimizer_choice(train_cfg: TrainConfig, device: torch.device) -> str:
+    """``train.optimizer``, with auto resolved: fused on CUDA, foreach elsewhere."""
+    if train_cfg.optimizer != "auto":
+        return train_cfg.optimizer
+    return "adamw_fused" if device.type == "cuda" else "adamw_foreach"
+
+
+def build_optimizer(
+    params: Iterable[torch.nn.Parameter], train_cfg: TrainConfig, device: torch.device
+) -> torch.optim.AdamW:
+    """The run's AdamW over ``params`` (build it after ``parallelize``, over the sharded parameters)."""
+    return torch.optim.AdamW(
+        list(params),
+        lr=train_cfg.lr,
+        betas=train_cfg.betas,
+        weight_decay=train_cfg.weight_decay,
+        **ADAMW_IMPLEMENTATIONS[optimizer_choice(train_cfg, device)],
+    )
 
 
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, min_ratio: float) -> float:

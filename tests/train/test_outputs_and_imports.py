@@ -1,0 +1,49 @@
+"""What FSDP2 needs of the modules it wraps, checked the same way on every torch version, and
+what the GPU benchmark needs: the model and ``parallelize`` import without Ray or ``vla.data``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils._pytree import tree_flatten
+
+from vla.model import build_model
+from vla.model.config import ModelConfig
+
+REPO = Path(__file__).parents[2]
+
+
+@pytest.mark.parametrize("head", ["lstm", "mlp"])
+def test_head_and_root_outputs_are_pytrees_of_tensors(head):
+    """FSDP2 hooks backward on the tensors it finds by flattening a module's output; an object
+    it cannot flatten (a dataclass before torch 2.13) hides them, and the module's freed
+    parameters are then read in backward. The head and the root are the sharded modules whose
+    outputs are not plain tensors."""
+    model = build_model(ModelConfig(head=head, tiny_hidden_size=32, tiny_num_layers=1, window_size=2))
+    images = torch.randint(0, 256, (2, 2, 2, 3, 32, 32), dtype=torch.uint8)
+    ids = torch.randint(3, 100, (2, 6))
+    features = model.action_features(images, ids, torch.ones_like(ids)).float()
+    for output in (model.head(features), model(images, ids, torch.ones_like(ids))):
+        leaves, _ = tree_flatten(output)
+        assert len(leaves) == 2 and all(isinstance(leaf, torch.Tensor) for leaf in leaves), leaves
+        assert all(leaf.requires_grad for leaf in leaves)
+        assert (output.pose.shape[-1], output.gripper_logits.shape) == (6, output.pose.shape[:-1])
+
+
+def test_model_and_parallelize_import_without_ray_or_the_data_package():
+    """A subprocess with ``ray`` blocked (as on a GPU machine without Ray) imports and builds them."""
+    code = (
+        "import sys; sys.modules['ray'] = None\n"
+        "import vla.model, vla.train.parallelize, vla.train.step\n"
+        "from vla.model import build_model\n"
+        "from vla.model.config import ModelConfig\n"
+        "build_model(ModelConfig(tiny_hidden_size=32, tiny_num_layers=1))\n"
+        "loaded = sorted(m for m in sys.modules if m == 'vla.data' or m.startswith(('vla.data.', 'ray.')))\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
