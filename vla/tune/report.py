@@ -171,7 +171,8 @@ def plot_sweep(rows: list[TrialRow], sweep: Sweep, out: Path) -> Path:
         ax.set_xlabel(param.key)
         ax.set_ylabel(sweep.space.sweep.metric)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # no trial reported the metric: no legend
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
