@@ -98,13 +98,11 @@ class CheckpointEvaluator:
     def after_step(self, step: int, checkpoint_step: int) -> None:
         """Every optimizer step: ``poll``, then ``offer`` the checkpoint if one was reported at ``step``."""
         self.poll(step)
-        if checkpoint_step == step:
-            self.offer(step, self.every)
+        if checkpoint_step == step and step % self.every == 0:
+            self.offer(step)
 
-    def offer(self, step: int, every: int) -> None:
-        """After a checkpoint was reported at ``step``: queue it if ``step`` is a multiple of ``every``."""
-        if step % every:
-            return
+    def offer(self, step: int) -> None:
+        """After a checkpoint was reported at ``step``: queue it, or skip it while one is evaluated."""
         checkpoint = ray.train.get_checkpoint()  # the checkpoint just reported, as persisted
         if checkpoint is None:
             return
@@ -133,16 +131,16 @@ class CheckpointEvaluator:
 
     def finish(self, step: int) -> None:
         """Evaluate what is queued, in flight and the latest skipped checkpoint (each bounded), plot."""
-        self._drain(step)
-        if self.skipped is not None:
-            self.pending, self.skipped = self.skipped, None
-            self._drain(step)
         try:
+            self._drain(step)
+            if self.skipped is not None:
+                self.pending, self.skipped = self.skipped, None
+                self._drain(step)
             plot = plot_evaluations(self.logger.metrics_path, self.logger.local_dir / PLOT_FILE)
             if plot is not None and is_uri(self.run_dir):
                 upload(plot, f"{self.run_dir}/{PLOT_FILE}")
-        except Exception as err:
-            log.warning("evaluation plot: %s: %s", type(err).__name__, err)
+        except Exception as err:  # an evaluation problem never ends training
+            log.warning("evaluation during training: %s: %s", type(err).__name__, err)
 
     def _drain(self, step: int) -> None:
         """Start the queued evaluation and wait for the one in flight (at most ``timeout_s``)."""
