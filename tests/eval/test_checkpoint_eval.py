@@ -45,7 +45,8 @@ def test_a_checkpoint_acts_and_scores_as_its_export(weights):
 
     observations = [SyntheticEnv(SimConfig()).reset(seed) for seed in (1, 2)]
     np.testing.assert_allclose(from_checkpoint.act_batch(observations), from_export.act_batch(observations), atol=1e-5)
-    offline = [evaluate_offline_local(p, cfg, "val", batch_size=4, max_batches=2) for p in (from_checkpoint, from_export)]
+    offline = [evaluate_offline_local(policy, cfg, "val", batch_size=4, max_batches=2)
+               for policy in (from_checkpoint, from_export)]
     assert offline[0]["windows"] == 8 and offline[0]["loss"] == pytest.approx(offline[1]["loss"], rel=1e-5)
     score = closed_loop_metrics(from_checkpoint, cfg, cfg.train.eval)
     assert score["eval_episodes"] == 3 and 0.0 <= score["eval_success_rate"] <= 1.0

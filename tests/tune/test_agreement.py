@@ -22,7 +22,8 @@ def test_spearman_ranks_with_ties():
 
 def test_agreement_counts_trials_with_both_scores_and_the_table_shows_both():
     rows = [row("a", 0.1, 0.5), row("b", 0.2, 0.3), row("c", 0.3, 0.1), row("d", None, 0.0)]
-    assert agreement(rows) == {"metrics": ["val_loss", "eval_success_rate"], "trials": 3, "spearman": pytest.approx(1.0)}
+    expected = {"metrics": ["val_loss", "eval_success_rate"], "trials": 3, "spearman": pytest.approx(1.0)}
+    assert agreement(rows) == expected
     table = format_table(rows, "eval_success_rate", "max")
     assert table.splitlines()[0].split()[:4] == ["trial", "train.lr", "eval_success_rate", "val_loss"]
     assert [line.split()[0] for line in table.splitlines()[1:5]] == ["a", "b", "c", "d"]  # best first (max)

@@ -199,7 +199,8 @@ def format_table(rows: list[TrialRow], metric: str, mode: str = "min") -> str:
     table = "\n".join("  ".join(cell.ljust(w) for cell, w in zip(line, widths)) for line in lines)
     agree = agreement(rows)
     if agree is not None:
-        rho = "undefined (one of them is the same for every trial)" if agree["spearman"] is None else f"{agree['spearman']:+.2f}"
+        rho = agree["spearman"]
+        rho = "undefined (one of them is the same for every trial)" if rho is None else f"{rho:+.2f}"
         table += f"\nrank agreement of val_loss and closed-loop success over {agree['trials']} trials (Spearman): {rho}"
     return table
 
