@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     from vla.tune.report import format_table, write_report  # import Ray and torch: not for --dry-run
-    from vla.tune.runner import make_sweep, run_sweep
+    from vla.tune.runner import SweepError, make_sweep, run_sweep
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
@@ -65,7 +65,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    results = run_sweep(sweep)
+    try:
+        results = run_sweep(sweep)
+    except SweepError as err:  # e.g. one trial needs more than the cluster has: before any trial starts
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     report = write_report(results, sweep)
     print(format_table(report.rows, space.sweep.metric, space.sweep.mode))
     print(f"sweep folder: {sweep.directory}")
