@@ -1,149 +1,260 @@
-"""Throughput of the window pipeline: Ray Data vs a plain single-process loop, same shards, same decode.
+"""The window stream against the decode bound: windows/s, peak memory per worker, batch diversity.
 
-    python benchmarks/data_pipeline.py --episodes 200 --image-size 64 --out-size 32 --num-cpus 2 --step-rows
+    python benchmarks/data_pipeline.py --shape calvin --num-cpus 2          # CALVIN Kosmos-2 shape
+    python benchmarks/data_pipeline.py --shape small --num-cpus 2           # 64 px stored, 32 px out, T=8
 
-Prints windows/s of both, their ratio, the per-core PNG decode rate (the bound: every
-window needs ``T x V`` frames, each decoded once per episode), and with ``--step-rows`` the
-same Ray pipeline over a one-row-per-step copy of the data (regrouped by ``groupby``).
+Synthetic camera-like episodes (a smooth random field that drifts, plus sensor noise; not the
+flat renders of the built-in simulator, which compress and decode unrealistically fast) are
+written as Parquet episodes, PNG or JPEG. Printed:
+- the decode bound: frames/s of one core decoding (and resizing) the stored frames, so
+  ``frames/s / views`` windows/s per core (stride 1: one window per step, each frame decoded once);
+- the plain single-process loop (same transforms, no Ray) and the Ray stream, consumed here as
+  a training worker consumes it; the stream's ratio to ``num_cpus x`` the per-core bound;
+- peak memory of the consuming worker (RSS above its level before the timed epoch; the decoded
+  episodes it holds are mapped from the object store and count here) against the bound
+  ``(open_episodes + decode_ahead) x episode + (prefetch_batches + 1) x batch``;
+- distinct episodes per batch of the plan against the ideal (a uniform shuffle of all windows);
+- with ``--compare-encodings``: the decode rate of the same frames as PNG and as JPEG (q95);
+- with ``--lerobot``: episodes/frames per second of one core reading a video-backed LeRobot v3
+  folder (h264, a keyframe every 2 frames as LeRobot encodes) against the per-frame Parquet
+  path (the same folder converted, JPEG), both decoded and resized as the decode tasks do.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import json
+import os
 import tempfile
+import threading
 import time
-from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
+import psutil
 import pyarrow.parquet as pq
+from PIL import Image
 
-from vla.data import DataConfig, build_window_dataset, iter_batches, load_metadata
-from vla.data.converters.synthetic import convert_synthetic
-from vla.data.episodes import decode_image
-from vla.data.pipeline import episode_columns, episode_to_windows, load_tokenizer
+from vla.data import DataConfig, Episode, EpisodeWriter, build_window_stream, load_metadata
+from vla.data.episodes import decode_image, encode_image
+from vla.data.pipeline import episode_to_windows, load_tokenizer, split_files
+from vla.data.plan import batch_diversity, ideal_diversity
 from vla.model.tokenizer import build_tiny_tokenizer
 
-log = logging.getLogger("benchmark")
+SHAPES = {  # stored px, decoded px, T, N, per-worker batch, shift static / wrist, steps per episode
+    "calvin": dict(image_size=224, out_size=224, window=16, fwd=10, batch_size=4, shift=(10, 4), steps=64),
+    "small": dict(image_size=64, out_size=32, window=8, fwd=1, batch_size=32, shift=(2, 1), steps=40),
+}
 
 
-def plain_loop(cfg: DataConfig, args, tokenizer_dir: str) -> int:
-    """Read every shard with pyarrow and run the same transform chain in this process."""
+def camera_frames(rng: np.random.Generator, steps: int, size: int, distinct: int = 8) -> np.ndarray:
+    """``steps`` frames cycling through ``distinct`` camera-like images (smooth field + noise)."""
+    field = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(field).resize((size * 2, size * 2), Image.BICUBIC), np.float32)
+    frames = []
+    for k in range(distinct):
+        offset = k * size // (2 * distinct)
+        view = base[offset:offset + size, offset:offset + size] + rng.normal(0, 6, (size, size, 3))
+        frames.append(np.clip(view, 0, 255).astype(np.uint8))
+    return np.stack([frames[i % distinct] for i in range(steps)])
+
+
+def write_dataset(root: str, episodes: int, steps: int, size: int, encoding: str) -> None:
+    rng = np.random.default_rng(0)
+    with EpisodeWriter(root, ["static", "wrist"], image_encoding=encoding) as writer:
+        for i in range(episodes):
+            actions = rng.uniform(-1, 1, (steps, 7)).astype(np.float32)
+            actions[:, 6] = np.sign(actions[:, 6]) + (actions[:, 6] == 0)
+            images = {camera: camera_frames(rng, steps, size) for camera in ("static", "wrist")}
+            writer.write(Episode(instruction=f"task {i % 7}", actions=actions, images=images), "train")
+
+
+def write_lerobot_v3(root: str, episodes: int, steps: int, size: int, fps: int = 10) -> None:
+    """A LeRobot v3.0 folder: one data file, each camera one h264 video holding every episode."""
+    import av
+    import pyarrow as pa
+
+    rng = np.random.default_rng(0)
+    keys = ["observation.images.top", "observation.images.wrist"]
+    frames = {key: [camera_frames(rng, steps, size) for _ in range(episodes)] for key in keys}
+    for key in keys:
+        os.makedirs(f"{root}/videos/{key}/chunk-000")
+        with av.open(f"{root}/videos/{key}/chunk-000/file-000.mp4", "w") as container:
+            stream = container.add_stream("h264", rate=fps, options={"g": "2"})
+            stream.height = stream.width = size
+            stream.pix_fmt = "yuv420p"
+            for pts, image in enumerate(np.concatenate(frames[key])):
+                frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                frame.pts = pts
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+    total = episodes * steps
+    actions = rng.uniform(-1, 1, (total, 7)).astype(np.float32)
+    actions[:, 6] = np.where(actions[:, 6] > 0, 1.0, -1.0)
+    os.makedirs(f"{root}/data/chunk-000")
+    os.makedirs(f"{root}/meta/episodes/chunk-000")
+    pq.write_table(pa.table({"action": pa.array(actions.tolist(), pa.list_(pa.float32(), 7)),
+                             "timestamp": pa.array(np.tile(np.arange(steps) / fps, episodes), pa.float32()),
+                             "frame_index": np.tile(np.arange(steps), episodes),
+                             "episode_index": np.repeat(np.arange(episodes), steps),
+                             "task_index": np.zeros(total, np.int64)}), f"{root}/data/chunk-000/file-000.parquet")
+    starts = np.arange(episodes) * steps / fps
+    pq.write_table(pa.table({"episode_index": np.arange(episodes), "length": np.full(episodes, steps),
+                             "data/chunk_index": np.zeros(episodes, np.int64),
+                             "data/file_index": np.zeros(episodes, np.int64),
+                             **{f"videos/{key}/{name}": value for key in keys for name, value in (
+                                 ("chunk_index", np.zeros(episodes, np.int64)), ("file_index", np.zeros(episodes, np.int64)),
+                                 ("from_timestamp", starts), ("to_timestamp", starts + steps / fps))}}),
+                   f"{root}/meta/episodes/chunk-000/file-000.parquet")
+    pq.write_table(pa.table({"task_index": [0], "task": ["pick up the block"]}), f"{root}/meta/tasks.parquet")
+    features = {key: {"dtype": "video", "shape": [size, size, 3]} for key in keys}
+    features["action"] = {"dtype": "float32", "shape": [7]}
+    info = {"codebase_version": "v3.0", "fps": fps, "features": features, "splits": {"train": f"0:{episodes}"},
+            "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+            "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"}
+    with open(f"{root}/meta/info.json", "w") as f:
+        json.dump(info, f)
+
+
+def lerobot_rates(work: str, episodes: int, steps: int, size: int, out_size: int) -> None:
+    """One core: frames/s of the video decode tasks against the converted per-frame Parquet path."""
+    from vla.data.converters.lerobot import convert_lerobot
+    from vla.data.lerobot_stream import build_lerobot_stream
+
+    write_lerobot_v3(f"{work}/lerobot", episodes, steps, size)
+    convert_lerobot(f"{work}/lerobot", f"{work}/lerobot-parquet", val_episodes=0, image_encoding="jpeg")
+    shape = dict(window_size=1, fwd_pred_next_n=1, image_size=out_size, tokenizer_dir=f"{work}/tok", train=False)
+    video = build_lerobot_stream(f"{work}/lerobot", DataConfig(), "train", val_episodes=0, **shape)
+    parquet = build_window_stream(DataConfig(path=f"{work}/lerobot-parquet"), "train", **shape)
+    for name, stream in (("LeRobot h264 video", video), ("Parquet JPEG frames", parquet)):
+        start = time.perf_counter()
+        for address in stream.index.addresses:
+            stream.reader(*address)
+        seconds = time.perf_counter() - start
+        frames = 2 * int(stream.index.num_steps.sum())
+        print(f"{name:19s} decode : {frames / seconds:8.0f} frames/s on one core "
+              f"({len(stream.index.addresses) / seconds:.1f} episodes/s)")
+
+
+def decode_rate(root: str, size: int, seconds: float = 3.0) -> float:
+    """Frames/s of one core decoding (and resizing) the stored frames of the first shard."""
+    meta = load_metadata(root)
+    frames = pq.read_table(f"{root}/{meta.splits['train'].shards[0].file}",
+                           columns=["image_static"])["image_static"].combine_chunks().flatten().to_pylist()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for data in frames[:64]:
+            decode_image(data, size)
+        count += len(frames[:64])
+    return count / (time.perf_counter() - start)
+
+
+def plain_loop(cfg: DataConfig, shape: dict, tokenizer_dir: str) -> int:
+    """Every window of every episode through the same transforms, in this process."""
     meta = load_metadata(cfg.path)
-    transform = episode_to_windows(cfg, meta, window_size=args.window, fwd_pred_next_n=args.fwd,
-                                   image_size=args.out_size, tokenizer=load_tokenizer(tokenizer_dir), train=True)
+    chain = episode_to_windows(cfg, meta, window_size=shape["window"], fwd_pred_next_n=shape["fwd"],
+                               image_size=shape["out_size"], tokenizer=load_tokenizer(tokenizer_dir), train=True)
     windows = 0
-    for shard in meta.splits["train"].shards:
-        for batch in pq.ParquetFile(f"{cfg.path}/{shard.file}").iter_batches(columns=episode_columns(cfg.cameras)):
-            table = pa.Table.from_batches([batch])
-            table = table.append_column("path", pa.array([shard.file] * len(table)))
-            windows += sum(len(w["actions"]) for w in transform(table))
+    for file in split_files(cfg.path, meta, "train", cfg.cameras):
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=1):
+            windows += sum(len(w["actions"]) for w in chain.windows(batch))
     return windows
 
 
-def ray_pipeline(cfg: DataConfig, args, tokenizer_dir: str) -> int:
-    ds = build_window_dataset(cfg, "train", window_size=args.window, fwd_pred_next_n=args.fwd,
-                              image_size=args.out_size, tokenizer_dir=tokenizer_dir, train=True)
-    return sum(len(b["actions"]) for b in iter_batches(ds, cfg, epoch=0))
+class PeakRSS:
+    """Samples this process's RSS every 20 ms in a thread."""
+
+    def __init__(self):
+        self.process = psutil.Process(os.getpid())
+        self.baseline = self.peak = self.process.memory_info().rss
+        self.running = True
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while self.running:
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.02)
+
+    def stop(self) -> float:
+        self.running = False
+        self.thread.join()
+        return (self.peak - self.baseline) / 2**20
 
 
-def step_rows_pipeline(cfg: DataConfig, args, tokenizer_dir: str, step_root: str) -> int:
-    """The alternative layout: one row per step, regrouped into episodes with a groupby."""
-    import ray.data
-
-    meta = load_metadata(cfg.path)
-    transform = episode_to_windows(cfg, meta, window_size=args.window, fwd_pred_next_n=args.fwd,
-                                   image_size=args.out_size, tokenizer=load_tokenizer(tokenizer_dir), train=True)
-    list_columns = ["actions", *(c for c in episode_columns(cfg.cameras) if c.startswith("image_"))]
-
-    def regroup(group: pa.Table):
-        group = group.sort_by("step")
-        table = pa.table({
-            "episode_id": [group["episode_id"][0].as_py()],
-            "instruction": [group["instruction"][0].as_py()],
-            "num_steps": [len(group)],
-            "path": ["step-rows"],
-            **{c: pa.ListArray.from_arrays([0, len(group)], group[c].combine_chunks()) for c in list_columns},
-        })
-        yield from transform(table)
-
-    ds = ray.data.read_parquet(step_root).groupby("episode_id").map_groups(regroup, batch_format="pyarrow")
-    return sum(len(b["actions"]) for b in iter_batches(ds, cfg, epoch=0))
-
-
-def write_step_rows(cfg: DataConfig, step_root: str) -> None:
-    meta = load_metadata(cfg.path)
-    Path(step_root).mkdir(parents=True)
-    for shard in meta.splits["train"].shards:
-        table = pq.read_table(f"{cfg.path}/{shard.file}", columns=episode_columns(cfg.cameras))
-        steps = table["num_steps"].to_numpy()
-        per_step = {
-            "episode_id": np.repeat(table["episode_id"].to_numpy(), steps),
-            "instruction": np.repeat(np.asarray(table["instruction"].to_pylist(), object), steps),
-            "step": np.concatenate([np.arange(s) for s in steps]),
-        }
-        for column in episode_columns(cfg.cameras)[3:]:
-            per_step[column] = table[column].combine_chunks().flatten()
-        pq.write_table(pa.table(per_step), f"{step_root}/{Path(shard.file).name}")
-
-
-def decode_rate(cfg: DataConfig, size: int) -> float:
-    meta = load_metadata(cfg.path)
-    frames = pq.read_table(f"{cfg.path}/{meta.splits['train'].shards[0].file}",
-                           columns=["image_static"])["image_static"].combine_chunks().flatten().to_pylist()
+def timed(fn, *args) -> tuple[int, float]:
     start = time.perf_counter()
-    for data in frames:
-        decode_image(data, size)
-    return len(frames) / (time.perf_counter() - start)
-
-
-def timed(fn, *fn_args) -> tuple[int, float]:
-    start = time.perf_counter()
-    windows = fn(*fn_args)
+    windows = fn(*args)
     return windows, time.perf_counter() - start
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--episodes", type=int, default=200)
-    parser.add_argument("--image-size", type=int, default=64, help="stored image size")
-    parser.add_argument("--out-size", type=int, default=32, help="decoded + resized size")
-    parser.add_argument("--window", type=int, default=8)
-    parser.add_argument("--fwd", type=int, default=1)
-    parser.add_argument("--num-cpus", type=int, default=2)
-    parser.add_argument("--step-rows", action="store_true", help="also time the one-row-per-step layout")
+    parser.add_argument("--shape", choices=SHAPES, default="calvin")
+    parser.add_argument("--episodes", type=int, default=48)
+    parser.add_argument("--encoding", choices=["png", "jpeg"], default="jpeg")
+    parser.add_argument("--num-cpus", type=int, default=2, help="Ray CPUs (decode tasks run on them)")
+    parser.add_argument("--open-episodes", type=int, default=DataConfig.open_episodes)
+    parser.add_argument("--compare-encodings", action="store_true", help="decode rate of PNG vs JPEG")
+    parser.add_argument("--lerobot", action="store_true", help="video-backed LeRobot v3 vs per-frame Parquet decode")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    shape = SHAPES[args.shape]
 
     import ray
 
     work = tempfile.mkdtemp(prefix="vla_bench_")
-    convert_synthetic(f"{work}/ds", episodes=args.episodes, val_episodes=1, image_size=args.image_size,
-                      max_shard_bytes=256 << 10)
+    write_dataset(f"{work}/ds", args.episodes, shape["steps"], shape["image_size"], args.encoding)
     build_tiny_tokenizer().save_pretrained(f"{work}/tok")
-    cfg = DataConfig(path=f"{work}/ds", batch_size=32, shift_static=2, shift_wrist=1)
-    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-    ray_pipeline(cfg, args, f"{work}/tok")  # warm up workers (imports), not timed
+    cfg = DataConfig(path=f"{work}/ds", batch_size=shape["batch_size"], shift_static=shape["shift"][0],
+                     shift_wrist=shape["shift"][1], open_episodes=args.open_episodes)
+    stream = build_window_stream(cfg, "train", window_size=shape["window"], fwd_pred_next_n=shape["fwd"],
+                                 image_size=shape["out_size"], tokenizer_dir=f"{work}/tok", train=True)
+    views = len(cfg.cameras)
+    print(f"data: {args.episodes} episodes x {shape['steps']} steps, {views} cameras, {shape['image_size']} px "
+          f"{args.encoding.upper()} -> {shape['out_size']} px, window {shape['window']}, chunk {shape['fwd']}, "
+          f"batch {shape['batch_size']}, open_episodes {cfg.open_episodes}; load average {os.getloadavg()[0]:.1f}")
 
-    plain_n, plain_s = timed(plain_loop, cfg, args, f"{work}/tok")
-    ray_n, ray_s = timed(ray_pipeline, cfg, args, f"{work}/tok")
-    rate = decode_rate(cfg, args.out_size)
-    meta = load_metadata(cfg.path)
-    log.info("data: %d episodes, %d steps, %d shards, %dpx PNG -> %dpx, window %d, %d cameras",
-             meta.splits["train"].episodes, meta.splits["train"].steps, len(meta.splits["train"].shards),
-             args.image_size, args.out_size, args.window, len(cfg.cameras))
-    log.info("plain single-process loop : %8.0f windows/s (%d windows, %.1f s)", plain_n / plain_s, plain_n, plain_s)
-    log.info("Ray Data pipeline (%d CPU) : %8.0f windows/s (%d windows, %.1f s)", args.num_cpus, ray_n / ray_s,
-             ray_n, ray_s)
-    log.info("ratio Ray / plain          : %8.2f", (ray_n / ray_s) / (plain_n / plain_s))
-    log.info("PNG decode, one core       : %8.0f frames/s -> bound %.0f windows/s per core (each frame "
-             "decoded once, %d frames per step)", rate, rate / len(cfg.cameras), len(cfg.cameras))
-    if args.step_rows:
-        write_step_rows(cfg, f"{work}/steps")
-        step_n, step_s = timed(step_rows_pipeline, cfg, args, f"{work}/tok", f"{work}/steps")
-        log.info("Ray, one row per step     : %8.0f windows/s (%d windows, %.1f s; groupby regroup)",
-                 step_n / step_s, step_n, step_s)
+    rate = decode_rate(cfg.path, shape["out_size"])
+    bound = rate / views
+    print(f"decode bound, one core    : {rate:8.0f} frames/s -> {bound:.0f} windows/s per core")
+    plain_n, plain_s = timed(plain_loop, cfg, shape, f"{work}/tok")
+    print(f"plain single-process loop : {plain_n / plain_s:8.0f} windows/s ({plain_n} windows, {plain_s:.1f} s; "
+          f"{plain_n / plain_s / bound:.2f} x the one-core bound)")
+
+    ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    for _, _ in zip(range(2), stream.batches(epoch=99)):  # warm up the Ray workers (imports), not timed
+        pass
+    memory = PeakRSS()
+    ray_n, ray_s = timed(lambda: sum(len(b["actions"]) for b in stream.batches(epoch=0)))
+    peak = memory.stop()
+    print(f"Ray stream ({args.num_cpus} CPUs)       : {ray_n / ray_s:8.0f} windows/s ({ray_n} windows, {ray_s:.1f} s; "
+          f"{ray_n / ray_s / (args.num_cpus * bound):.2f} x {args.num_cpus} cores' bound, "
+          f"{ray_n / ray_s / (plain_n / plain_s):.2f} x the plain loop)")
+
+    episode_mb = shape["steps"] * views * 3 * shape["out_size"] ** 2 / 2**20
+    batch_mb = shape["batch_size"] * shape["window"] * views * 3 * shape["out_size"] ** 2 / 2**20
+    limit = (cfg.open_episodes + cfg.decode_ahead) * episode_mb + (cfg.prefetch_batches + 1) * batch_mb
+    print(f"peak memory, worker       : {peak:8.0f} MB above baseline (bound {limit:.0f} MB = "
+          f"({cfg.open_episodes} + {cfg.decode_ahead}) x {episode_mb:.1f} MB episodes + "
+          f"{cfg.prefetch_batches + 1} x {batch_mb:.1f} MB batches)")
+
+    ideal = ideal_diversity(stream.index, cfg.stride, cfg.batch_size)
+    for open_episodes in sorted({1, 8, cfg.open_episodes}):
+        cfg.open_episodes = open_episodes
+        plan = stream.plan(epoch=0)
+        diversity = batch_diversity(plan, cfg.batch_size)
+        print(f"batch diversity, open {open_episodes:3d}: {diversity:8.2f} distinct episodes per batch of "
+              f"{cfg.batch_size} (ideal {ideal:.2f}, ratio {diversity / ideal:.2f})")
+
+    if args.compare_encodings:
+        for encoding in ("png", "jpeg"):
+            root = f"{work}/enc-{encoding}"
+            write_dataset(root, 2, shape["steps"], shape["image_size"], encoding)
+            size = sum(os.path.getsize(f) for f in split_files(root, load_metadata(root), "train", cfg.cameras)) / 2**21
+            print(f"{encoding.upper():4s} decode, one core   : {decode_rate(root, shape['out_size']):8.0f} frames/s "
+                  f"({size:.1f} MB per episode stored)")
+    if args.lerobot:
+        lerobot_rates(work, 8, shape["steps"], shape["image_size"], shape["out_size"])
+    ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -59,7 +59,6 @@ def tiny_run_overrides(data_root: str, storage: str, name: str) -> list[str]:
         "model.head_hidden_size=32",
         "model.head_num_layers=1",
         "data.batch_size=4",
-        "data.shuffle_buffer=16",
         "train.num_workers=2",
         "train.lr=1e-3",
         "train.log_every=1",

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from episode_factories import marker_episode
 
-from vla.data import DataConfig, DataError, EpisodeWriter, build_window_dataset, load_metadata, validate_dataset
+from vla.data import DataConfig, DataError, EpisodeWriter, build_window_stream, load_metadata, validate_dataset
 from vla.data.pipeline import episode_to_windows
 
 FIRST = "train/part-00000.parquet"
@@ -34,8 +34,8 @@ def edit_rows(root: str, file: str, edit) -> None:
 
 def build(root: str, tokenizer_dir: str):
     cfg = DataConfig(path=root, normalization="none")
-    return build_window_dataset(cfg, "train", window_size=2, fwd_pred_next_n=1, image_size=16,
-                                tokenizer_dir=tokenizer_dir, train=True)
+    return build_window_stream(cfg, "train", window_size=2, fwd_pred_next_n=1, image_size=16,
+                               tokenizer_dir=tokenizer_dir, train=True)
 
 
 def run_transform(root: str, tokenizer_dir: str) -> None:
@@ -49,7 +49,7 @@ def run_transform(root: str, tokenizer_dir: str) -> None:
     for shard in meta.splits["train"].shards:
         table = pq.read_table(f"{root}/{shard.file}")
         table = table.append_column("path", pa.array([shard.file] * len(table)))
-        list(transform(table))
+        list(transform.windows(table))
 
 
 def messages(root: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""The pipeline feeds 2 Ray Train workers at 0.5 CPU each (a 2-CPU node's budget), no deadlock."""
+"""The stream feeds 2 Ray Train workers at 0.5 CPU each (a 2-CPU node's budget), no deadlock, each
+rank its own equal, disjoint part of the epoch."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from vla.data import DataConfig, build_window_dataset, count_windows
+from vla.data import DataConfig, build_window_stream, count_windows
 
 T, N, SIZE = 3, 2, 24
 
@@ -18,10 +19,11 @@ def test_two_train_workers_get_batches_of_the_right_shapes(ray_session, syntheti
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    cfg = DataConfig(path=synthetic_dataset, batch_size=4, shift_static=2, shift_wrist=1)
-    datasets = {
-        split: build_window_dataset(cfg, split, window_size=T, fwd_pred_next_n=N, image_size=SIZE,
-                                    tokenizer_dir=tokenizer_dir, train=split == "train")
+    log = tmp_path / "windows"
+    cfg = DataConfig(path=synthetic_dataset, batch_size=4, shift_static=2, shift_wrist=1, window_log=str(log))
+    streams = {
+        split: build_window_stream(cfg, split, window_size=T, fwd_pred_next_n=N, image_size=SIZE,
+                                   tokenizer_dir=tokenizer_dir, train=split == "train")
         for split in ("train", "val")
     }
     out = tmp_path / "workers"
@@ -30,14 +32,13 @@ def test_two_train_workers_get_batches_of_the_right_shapes(ray_session, syntheti
     def loop(config):
         import ray.train
 
-        from vla.data import iter_batches
-
-        rank = ray.train.get_context().get_world_rank()
+        context = ray.train.get_context()
+        rank, world_size = context.get_world_rank(), context.get_world_size()
         seen = {}
         for split, epochs in (("train", 2), ("val", 1)):
             windows = 0
             for epoch in range(epochs):
-                for batch in iter_batches(ray.train.get_dataset_shard(split), config["data"], epoch=epoch):
+                for batch in config["streams"][split].batches(epoch=epoch, rank=rank, world_size=world_size):
                     b = len(batch["images"])
                     assert 1 <= b <= 4
                     assert tuple(batch["images"].shape) == (b, T, 2, 3, SIZE, SIZE)
@@ -51,14 +52,16 @@ def test_two_train_workers_get_batches_of_the_right_shapes(ray_session, syntheti
 
     trainer = TorchTrainer(
         loop,
-        train_loop_config={"data": cfg, "out": str(out)},
+        train_loop_config={"streams": streams, "out": str(out)},
         scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
-        datasets=datasets,
         run_config=RunConfig(name="data_feed", storage_path=str(tmp_path / "runs")),
     )
     trainer.fit()
     seen = [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
     for split, epochs in (("train", 2), ("val", 1)):
-        # Ray Train splits each epoch equally between the ranks (dropping at most one window per rank)
-        assert seen[0][split] == seen[1][split] > 0
-        assert epochs * (count_windows(cfg, split) - 1) <= sum(s[split] for s in seen) <= epochs * count_windows(cfg, split)
+        assert seen[0][split] == seen[1][split] == epochs * (count_windows(cfg, split) // 2)
+    records = [json.loads(line) for r in range(2) for line in (log / f"train-rank{r}.jsonl").read_text().splitlines()]
+    for epoch in range(2):
+        per_rank = [{tuple(w) for rec in records if rec["epoch"] == epoch and rec["rank"] == r for w in rec["windows"]}
+                    for r in range(2)]
+        assert not per_rank[0] & per_rank[1] and len(per_rank[0]) == len(per_rank[1]) == count_windows(cfg, "train") // 2

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from vla.config import Config, load_config
 from vla.data import ActionNormalizer, load_metadata
@@ -20,8 +18,7 @@ TINY_MODEL = ["model.tiny_hidden_size=32", "model.tiny_num_layers=1", "model.win
 def write_export(directory: Path, model: VLAModel, cfg: Config) -> str:
     """What ``vla.train.loop.export_policy`` writes: the model, ``normalization.json``, ``config.yaml``."""
     normalizer = ActionNormalizer.from_metadata(load_metadata(cfg.data.path), cfg.data)
-    save_export(directory, model, extra_files={"normalization.json": json.dumps(normalizer.to_dict()),
-                                               "config.yaml": yaml.safe_dump(cfg.to_dict(), sort_keys=False)})
+    save_export(directory, model, run_config=cfg.to_dict(), normalization=normalizer.to_dict())
     return str(directory)
 
 

@@ -11,6 +11,7 @@ from transformers import AutoTokenizer
 from vla.model import ActionStepper, build_model, load_export, save_export
 from vla.model.backbones import BACKBONES
 from vla.model.backbones import tiny_config as tiny_hf_config
+from vla.model.export import read_normalization, read_run_config
 
 
 def _episode(make_batch, cfg, frames: int):
@@ -51,10 +52,11 @@ def test_save_then_load_gives_identical_outputs(make_model, make_batch, tokenize
     model = make_model(**options).eval()
     with torch.no_grad():
         model.action_token.add_(1.0)  # not the initial values
-    save_export(tmp_path, model, extra_files={"normalization.json": "{}"})
-    assert {"model.safetensors", "model_config.json", "backbone_config.json", "normalization.json"} <= {
+    save_export(tmp_path, model, run_config={"run": {"name": "r"}}, normalization={"mode": "none"})
+    assert {"model.safetensors", "model_config.json", "backbone_config.json", "normalization.json", "config.yaml"} <= {
         p.name for p in tmp_path.iterdir()
     }
+    assert read_run_config(tmp_path) == {"run": {"name": "r"}} and read_normalization(tmp_path) == {"mode": "none"}
     loaded, cfg = load_export(tmp_path)
     assert cfg == model.config and not loaded.training
     batch = make_batch(model.config)

@@ -28,6 +28,8 @@ def test_structure_for_parallelism_and_freezing(make_model, family):
     backbone = model.backbone
     assert len(backbone.decoder_blocks()) == 2 and len(backbone.vision_blocks()) == 2
     assert backbone.hidden_size == 32 and model.image_size == 32
+    with torch.no_grad():  # the token count read off the config is the tower's (LLaVA-SigLIP keeps every patch)
+        assert backbone.vision_tokens(32) == backbone.encode_images(torch.zeros(1, 3, 32, 32)).shape[1]
     # Every backbone parameter sits in exactly one freeze group (text embeddings inside the LM count once).
     groups = backbone.module_groups()
     ids = {name: {id(p) for m in modules for p in m.parameters()} for name, modules in groups.items()}

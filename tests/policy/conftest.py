@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
-import yaml
 
 from vla.config import load_config
 from vla.data import ActionNormalizer, load_metadata
@@ -24,6 +22,5 @@ def tiny_export(tmp_path_factory, synthetic_root) -> str:
     model = build_model(cfg.model)
     normalizer = ActionNormalizer.from_metadata(load_metadata(synthetic_root), cfg.data)
     directory = tmp_path_factory.mktemp("export")
-    save_export(directory, model, extra_files={"normalization.json": json.dumps(normalizer.to_dict()),
-                                               "config.yaml": yaml.safe_dump(cfg.to_dict(), sort_keys=False)})
+    save_export(directory, model, run_config=cfg.to_dict(), normalization=normalizer.to_dict())
     return str(directory)

@@ -1,5 +1,6 @@
 """What FSDP2 needs of the modules it wraps, checked the same way on every torch version, and
-what the GPU benchmark needs: the model and ``parallelize`` import without Ray or ``vla.data``."""
+what the GPU benchmark needs: the model, ``parallelize``, the training step and the benchmark
+itself import without Ray or ``vla.data``."""
 
 from __future__ import annotations
 
@@ -42,8 +43,29 @@ def test_model_and_parallelize_import_without_ray_or_the_data_package():
         "from vla.model import build_model\n"
         "from vla.model.config import ModelConfig\n"
         "build_model(ModelConfig(tiny_hidden_size=32, tiny_num_layers=1))\n"
+        "import benchmarks.gpu_step\n"
         "loaded = sorted(m for m in sys.modules if m == 'vla.data' or m.startswith(('vla.data.', 'ray.')))\n"
         "assert not loaded, loaded\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("backbone", ["paligemma", "kosmos2", "llava", "qwen2vl"])
+def test_tokens_per_frame_is_the_sequence_length_the_lm_runs(backbone):
+    """``tokens_per_s`` counts what the LM processes: the length its first block really sees."""
+    from vla.train.progress import lm_tokens_per_frame
+
+    model = build_model(ModelConfig(backbone=backbone, tiny_hidden_size=32, tiny_num_layers=1, window_size=2))
+    seen = []
+
+    def record(module, args, kwargs):
+        hidden = args[0] if args else kwargs["hidden_states"]
+        seen.append(hidden.shape[-2])
+
+    model.backbone.decoder_blocks()[0].register_forward_pre_hook(record, with_kwargs=True)
+    ids = torch.randint(3, 100, (1, 7))
+    with torch.no_grad():
+        model(torch.randint(0, 256, (1, 2, 2, 3, 32, 32), dtype=torch.uint8), ids, torch.ones_like(ids))
+    assert seen and set(seen) == {lm_tokens_per_frame(model, text_len=7)}
+    assert seen[0] > 2 * 7  # vision tokens of both views are in it, not only the instruction

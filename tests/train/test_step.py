@@ -33,19 +33,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, fn, port: int) -> None:
+def _worker(rank: int, fn, port: int, world: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         fn(rank)
     finally:
         dist.destroy_process_group()
 
 
-def run_ranks(fn) -> None:
-    """Run ``fn(rank)`` in WORLD gloo processes; a rank's exception fails the test with its traceback."""
-    mp.spawn(_worker, args=(fn, free_port()), nprocs=WORLD, join=True)
+def run_ranks(fn, world: int = WORLD) -> None:
+    """Run ``fn(rank)`` in ``world`` gloo processes; a rank's exception fails the test with its traceback."""
+    mp.spawn(_worker, args=(fn, free_port(), world), nprocs=world, join=True)
 
 
 def make_batch(seed: int, size: int, cfg: ModelConfig = TINY) -> dict[str, torch.Tensor]:
@@ -63,14 +63,14 @@ def make_batch(seed: int, size: int, cfg: ModelConfig = TINY) -> dict[str, torch
     }
 
 
-def make_trainer(train: TrainConfig, sgd: bool = False) -> Trainer:
+def make_trainer(train: TrainConfig, sgd: bool = False, world: int = WORLD) -> Trainer:
     """The platform's ``Trainer`` over a seeded tiny model on the WORLD ranks.
 
     ``sgd`` swaps AdamW for SGD, for the exactness checks: its update is linear in the
     gradient, Adam's first update hardly depends on the gradient's scale.
     """
     torch.manual_seed(0)
-    trainer = build_trainer(build_model(TINY), train, torch.device("cpu"), WORLD, total_steps=100, text_len=8)
+    trainer = build_trainer(build_model(TINY), train, torch.device("cpu"), world, total_steps=100, text_len=8)
     if sgd:
         optimizer = torch.optim.SGD(trainer.params, lr=train.lr)
         scheduler = build_scheduler(optimizer, lr=train.lr, min_lr=0.0, warmup_steps=0, total_steps=100)
@@ -186,14 +186,14 @@ def test_activation_checkpointing_keeps_gradients_and_bf16_fp16_runs_learn():
 
 
 class Batches:
-    """A validation shard as ``iter_batches`` reads it (``iter_torch_batches``), from tensors."""
+    """A validation stream as ``validate`` reads it (``WindowStream.batches``), from tensors."""
 
-    def __init__(self, batches: list[dict[str, torch.Tensor]]):
-        self.batches = batches
+    def __init__(self, items: list[dict[str, torch.Tensor]]):
+        self.items = items
         self.taken = 0
 
-    def iter_torch_batches(self, **_):
-        for batch in self.batches:
+    def batches(self, **_):
+        for batch in self.items:
             self.taken += 1
             yield batch
 
@@ -221,7 +221,7 @@ def _hsdp_and_validation(rank: int) -> None:
     metrics = validate(trainer, shard, Config(model=TINY, train=train_cfg))
     assert shard.taken == 2
     with torch.no_grad():
-        own_sum = sum(forward_loss(trainer.model.eval(), b)["loss"] for b in shard.batches[:2])
+        own_sum = sum(forward_loss(trainer.model.eval(), b)["loss"] for b in shard.items[:2])
     dist.all_reduce(own_sum)
     torch.testing.assert_close(metrics["val_loss"], float(own_sum) / 4, rtol=1e-5, atol=0)
     both = [torch.empty(()) for _ in range(WORLD)]
@@ -242,3 +242,29 @@ def test_config_rejects_unknown_precision_optimizer_and_compile():
             load_config(None, [override])
     cfg = load_config(None, ["train.compile=off", "train.precision=fp16", "train.optimizer=adamw_fused"])
     assert cfg.train.compile is False and dataclasses.asdict(cfg.train)["precision"] == "fp16"
+
+
+# --- torch.compile per block, before sharding ---------------------------------------------------
+
+
+def _compiled(rank: int) -> None:
+    from torch._dynamo.utils import counters
+
+    batch = make_batch(seed=30, size=2)
+    losses = {}
+    for compiled in (False, True):
+        trainer = make_trainer(TrainConfig(compile=compiled, activation_checkpointing=True), world=1)
+        losses[compiled] = []
+        for _ in range(3):
+            assert train_step(trainer, iter([batch]))
+            losses[compiled].append(logged_loss(trainer))
+    # One graph per kind of block (the vision block and the LM block), no graph breaks: the
+    # blocks really compiled, which they do not when compiled after fully_shard.
+    assert counters["stats"]["unique_graphs"] >= 2 and not counters["graph_break"], dict(counters["stats"])
+    torch.testing.assert_close(losses[True], losses[False], rtol=1e-4, atol=0)
+
+
+@pytest.mark.timeout(400)
+def test_blocks_compiled_before_sharding_train_like_eager():
+    """One process (compiling costs ~40 s of CPU); train.compile=true on CPU, as auto does on CUDA."""
+    run_ranks(_compiled, world=1)

@@ -1,10 +1,11 @@
 """Parquet episode format, writer, converters, statistics, normalization, validation, and the
-Ray Data window pipeline. See docs/data.md."""
+deterministic window stream (Ray tasks decode episodes). See docs/data.md."""
 
 from vla.data.config import DataConfig
 from vla.data.episodes import Episode, Problem
 from vla.data.metadata import ActionStats, DataError, DatasetMetadata, load_metadata
-from vla.data.pipeline import build_window_dataset, count_windows, iter_batches
+from vla.data.pipeline import WindowStream, build_window_stream
+from vla.data.plan import count_windows
 from vla.data.stats import ActionNormalizer, compute_action_stats
 from vla.data.validate import validate_dataset
 from vla.data.writer import EpisodeWriter, merge_datasets, write_dataset
@@ -18,10 +19,10 @@ __all__ = [
     "Episode",
     "EpisodeWriter",
     "Problem",
-    "build_window_dataset",
+    "WindowStream",
+    "build_window_stream",
     "compute_action_stats",
     "count_windows",
-    "iter_batches",
     "load_metadata",
     "merge_datasets",
     "validate_dataset",

@@ -22,9 +22,11 @@ class DataConfig:
     shift_wrist: int = 0
     color_jitter: float = 0.0  # brightness/contrast jitter amplitude, 0 disables
     batch_size: int = 8  # per training worker
-    shuffle_buffer: int = 256  # local shuffle buffer (windows), 0 disables
-    prefetch_batches: int = 2
-    seed: int = 0
+    open_episodes: int = 32  # train: windows interleave from this many episodes (decoded, held per worker)
+    decode_ahead: int = 4  # episodes decoding ahead of need per worker (Ray tasks)
+    prefetch_batches: int = 2  # batches assembled ahead by each worker (a thread)
+    seed: int = 0  # with the epoch, rank and world size: the order and augmentation of every window
+    window_log: str = ""  # debug: local folder where each rank appends the (episode_id, start) of every batch
 
     def validate(self) -> None:
         check(bool(self.cameras), "cameras", "must name at least one camera")
@@ -34,5 +36,6 @@ class DataConfig:
         check(self.shift_static >= 0 and self.shift_wrist >= 0, "shift_static", "must be >= 0")
         check(self.color_jitter >= 0, "color_jitter", "must be >= 0")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
-        check(self.shuffle_buffer >= 0, "shuffle_buffer", "must be >= 0")
+        check(self.open_episodes >= 1, "open_episodes", "must be >= 1")
+        check(self.decode_ahead >= 1, "decode_ahead", "must be >= 1")
         check(self.prefetch_batches >= 0, "prefetch_batches", "must be >= 0")

@@ -1,24 +1,32 @@
-"""The Ray Data pipeline: Parquet episode shards -> training windows -> torch batches.
+"""The data stream: Parquet episode shards -> decoded episodes (Ray tasks) -> batches of windows.
 
-In the driver::
+In the driver (checks the dataset before any worker starts)::
 
-    train_ds = build_window_dataset(cfg.data, cfg.data.train_split, window_size=8, fwd_pred_next_n=1,
-                                    image_size=32, tokenizer_dir=tok_dir, train=True)
-    TorchTrainer(loop, datasets={"train": train_ds, "val": val_ds}, ...)
+    train = build_window_stream(cfg.data, cfg.data.train_split, window_size=8, fwd_pred_next_n=1,
+                                image_size=32, tokenizer_dir=tok_dir, train=True)
+    TorchTrainer(loop, train_loop_config={"streams": {"train": train, ...}, ...})
 
 In each training worker::
 
-    for batch in iter_batches(ray.train.get_dataset_shard("train"), cfg.data, epoch=epoch):
+    for batch in train.batches(epoch=epoch, rank=rank, world_size=world_size, skip=batches_done):
         model(batch["images"], batch["input_ids"], batch["attention_mask"])
 
-The dataset reads one row per episode (shards in a seeded order that changes every epoch
-when ``train``), decodes each frame once, cuts every window and augments in Ray Data tasks;
-the worker only shuffles windows locally and batches them.
+Each rank computes its plan for the epoch (``vla.data.plan``: a function of seed, epoch, rank
+and world size), decodes the episodes the plan needs in Ray tasks, in the order it needs them,
+with at most ``data.decode_ahead`` ahead, and cuts each batch's windows out of the decoded
+episodes it holds (at most ``data.open_episodes``). ``skip`` batches are skipped in the plan:
+their episodes are never decoded unless later windows need them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import json
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -27,25 +35,19 @@ import torch
 from vla.data.config import DataConfig
 from vla.data.episodes import Problem, check_schema
 from vla.data.metadata import ACTION_DIM, DataError, DatasetMetadata, image_column, load_metadata, open_root
+from vla.data.plan import EpisodeIndex, EpochPlan, epoch_plan, read_episode_index
 from vla.data.stats import ActionNormalizer
 from vla.data.transforms import (
     CheckRow,
     ColorJitter,
     CutWindows,
     DecodeImages,
-    EpisodeToWindows,
+    EpisodeChain,
     Normalize,
     RandomShift,
     Tokenize,
+    WindowBatcher,
 )
-
-BATCH_DTYPES = {
-    "images": torch.uint8,
-    "input_ids": torch.int64,
-    "attention_mask": torch.int64,
-    "actions": torch.float32,
-    "action_mask": torch.float32,
-}
 
 
 def split_files(root: str, meta: DatasetMetadata, split: str, cameras: list[str]) -> list[str]:
@@ -91,69 +93,231 @@ def load_tokenizer(tokenizer_dir: str):
     return tokenizer
 
 
-def episode_to_windows(data_cfg: DataConfig, meta: DatasetMetadata, *, window_size: int, fwd_pred_next_n: int,
-                       image_size: int, tokenizer, train: bool) -> EpisodeToWindows:
-    """The transform chain of ``build_window_dataset`` (also used by the single-process benchmark)."""
-    cameras = data_cfg.cameras
-    augment = []
-    if train and (data_cfg.shift_static or data_cfg.shift_wrist):
-        augment.append(RandomShift([data_cfg.shift_static if v == 0 else data_cfg.shift_wrist
-                                    for v in range(len(cameras))]))
-    if train and data_cfg.color_jitter > 0:
-        augment.append(ColorJitter(data_cfg.color_jitter))
-    return EpisodeToWindows(
-        episode_transforms=[
-            CheckRow(cameras),
-            DecodeImages(cameras, image_size),
-            Tokenize(tokenizer, data_cfg.max_text_len),
-            Normalize(ActionNormalizer.from_metadata(meta, data_cfg)),
-        ],
-        cut=CutWindows(window_size, fwd_pred_next_n, data_cfg.stride),
-        augment=augment,
-    )
-
-
 def episode_columns(cameras: list[str]) -> list[str]:
     return ["episode_id", "instruction", "num_steps", "actions", *(image_column(c) for c in cameras)]
 
 
-def build_window_dataset(data_cfg: DataConfig, split: str, *, window_size: int, fwd_pred_next_n: int,
-                         image_size: int, tokenizer_dir: str, train: bool):
-    """A ``ray.data.Dataset`` of training windows (the batch keys of docs/design.md, one row per
-    window) of ``split``. Structural problems raise ``DataError`` here, before training."""
-    import ray.data
-
-    meta = load_metadata(data_cfg.path)
-    files = split_files(data_cfg.path, meta, split, data_cfg.cameras)
-    transform = episode_to_windows(data_cfg, meta, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n,
-                                   image_size=image_size, tokenizer=load_tokenizer(tokenizer_dir), train=train)
-    fs, _ = open_root(data_cfg.path)
-    shuffle = ray.data.FileShuffleConfig(seed=data_cfg.seed, reseed_after_execution=True) if train else None
-    ds = ray.data.read_parquet(files, filesystem=fs, include_paths=True, shuffle=shuffle)
-    ds = ds.select_columns([*episode_columns(data_cfg.cameras), "path"])  # pushed down into the read
-    return ds.map_batches(transform, batch_format="pyarrow", batch_size=1, zero_copy_batch=True)
+def decode_chain(data_cfg: DataConfig, meta: DatasetMetadata, image_size: int) -> EpisodeChain:
+    """What a decode task does to a stored episode row (tokenizing happens in the worker)."""
+    return EpisodeChain([CheckRow(data_cfg.cameras), DecodeImages(data_cfg.cameras, image_size),
+                         Normalize(ActionNormalizer.from_metadata(meta, data_cfg))])
 
 
-def iter_batches(data_iterator, data_cfg: DataConfig, *, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
-    """Batches of ``data_cfg.batch_size`` windows from a Ray ``DataIterator`` (or ``Dataset``):
-    a local shuffle buffer seeded by ``seed + epoch``, prefetching, torch tensors."""
-    shuffle = data_cfg.shuffle_buffer or None
-    yield from data_iterator.iter_torch_batches(
-        batch_size=data_cfg.batch_size,
-        dtypes=BATCH_DTYPES,
-        local_shuffle_buffer_size=shuffle,
-        local_shuffle_seed=data_cfg.seed + epoch if shuffle else None,
-        prefetch_batches=data_cfg.prefetch_batches,
+def window_batcher(data_cfg: DataConfig, *, window_size: int, fwd_pred_next_n: int, train: bool) -> WindowBatcher:
+    shift = train and (data_cfg.shift_static or data_cfg.shift_wrist)
+    return WindowBatcher(
+        CutWindows(window_size, fwd_pred_next_n, data_cfg.stride),
+        shift=RandomShift([data_cfg.shift_static if v == 0 else data_cfg.shift_wrist
+                           for v in range(len(data_cfg.cameras))]) if shift else None,
+        jitter=ColorJitter(data_cfg.color_jitter) if train and data_cfg.color_jitter > 0 else None,
+        seed=data_cfg.seed,
     )
 
 
-def count_windows(data_cfg: DataConfig, split: str) -> int:
-    """Windows per epoch of ``split`` (reads only the ``num_steps`` column of each shard)."""
+@dataclass
+class ParquetEpisodes:
+    """Reads one stored episode and runs ``chain`` on it (the body of a decode task)."""
+
+    root: str
+    cameras: list[str]
+    chain: EpisodeChain
+
+    def __call__(self, file: str, row_group: int, row: int) -> dict:
+        fs, _ = open_root(self.root)
+        with fs.open_input_file(file) as f:
+            table = pq.ParquetFile(f).read_row_group(row_group, columns=episode_columns(self.cameras))
+        return self.chain({**table.slice(row, 1).to_pylist()[0], "path": file})
+
+
+def read_episode(reader, *address) -> dict:
+    """The body of a decode task: ``reader`` (a ``ParquetEpisodes``, ``LeRobotEpisodes``) at ``address``."""
+    return reader(*address)
+
+
+@functools.cache
+def decode_task():
+    import ray
+
+    return ray.remote(num_cpus=1)(read_episode)
+
+
+@dataclass
+class WindowStream:
+    """The windows of one split, for any epoch, rank and world size (picklable: built on the
+    driver, shipped to the workers in the loop config)."""
+
+    data_cfg: DataConfig
+    split: str
+    index: EpisodeIndex
+    reader: Callable[..., dict]  # called in Ray tasks with an episode's address, once per episode and epoch
+    tokenize: Tokenize  # runs in the worker, once per episode and epoch
+    batcher: WindowBatcher
+    train: bool
+
+    def plan(self, *, epoch: int, rank: int = 0, world_size: int = 1) -> EpochPlan:
+        return epoch_plan(self.index, self.data_cfg, epoch=epoch, rank=rank, world_size=world_size,
+                          shuffle=self.train)
+
+    def batches(self, *, epoch: int, rank: int = 0, world_size: int = 1,
+                skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """This rank's batches of ``epoch`` after the first ``skip`` (torch tensors, the batch of
+        docs/design.md); the last one may be short."""
+        plan = self.plan(epoch=epoch, rank=rank, world_size=world_size)[skip * self.data_cfg.batch_size:]
+        numbered = self._numpy_batches(plan, epoch)
+        if self.data_cfg.prefetch_batches:
+            numbered = prefetched(numbered, self.data_cfg.prefetch_batches)
+        log = WindowLog(self.data_cfg.window_log, self.split, rank, world_size) if self.data_cfg.window_log else None
+        for number, windows, batch in numbered:
+            if log is not None:
+                log.write(epoch, skip + number, windows)
+            yield {key: torch.from_numpy(value) for key, value in batch.items()}
+
+    def _numpy_batches(self, plan: EpochPlan, epoch: int) -> Iterator[tuple[int, list, dict[str, np.ndarray]]]:
+        fetcher = EpisodeFetcher(self, plan)
+        size = self.data_cfg.batch_size
+        for number, begin in enumerate(range(0, len(plan), size)):
+            part = plan[begin:begin + size]
+            episodes = [fetcher.get(e, begin + len(part) - 1) for e in part.episode]
+            batch = self.batcher(episodes, part.start.tolist(), part.episode.tolist(), epoch)
+            fetcher.release_before(begin + size)
+            windows = np.stack([self.index.episode_id[part.episode], part.start], axis=1).tolist()
+            yield number, windows, batch
+
+
+class EpisodeFetcher:
+    """Decoded episodes of a plan: submitted as Ray tasks in order of first use, at most
+    ``decode_ahead`` beyond those already needed, and dropped after their last window."""
+
+    def __init__(self, stream: WindowStream, plan: EpochPlan):
+        self.stream = stream
+        episodes, first = np.unique(plan.episode, return_index=True)
+        _, last_reversed = np.unique(plan.episode[::-1], return_index=True)
+        by_first_use = np.argsort(first)
+        self.order = episodes[by_first_use]
+        self.first_use = first[by_first_use]
+        self.last_use = dict(zip(episodes.tolist(), (len(plan) - 1 - last_reversed).tolist()))
+        self.submitted: dict[int, object] = {}  # episode -> ObjectRef of its decode task
+        self.held: dict[int, dict] = {}  # episode -> decoded and tokenized episode
+        self.next = 0
+        self.reader = None
+
+    def _submit_until(self, position: int) -> None:
+        import ray
+
+        if self.reader is None:
+            self.reader = ray.put(self.stream.reader)
+        while self.next < len(self.order) and (self.first_use[self.next] <= position
+                                               or len(self.submitted) < self.stream.data_cfg.decode_ahead):
+            e = int(self.order[self.next])
+            self.submitted[e] = decode_task().remote(self.reader, *self.stream.index.addresses[e])
+            self.next += 1
+
+    def get(self, episode: int, position: int) -> dict:
+        """The decoded episode for a window at ``position`` of the plan (decoding ahead as it goes)."""
+        import ray
+
+        if episode not in self.held:
+            self._submit_until(position)
+            decoded = ray.get(self.submitted.pop(episode))
+            self.held[episode] = self.stream.tokenize(decoded)
+        return self.held[episode]
+
+    def release_before(self, position: int) -> None:
+        for episode in [e for e in self.held if self.last_use[e] < position]:
+            del self.held[episode]
+
+
+def prefetched(items: Iterator, depth: int) -> Iterator:
+    """``items`` produced by a thread up to ``depth`` ahead; errors re-raised here; closing the
+    returned generator stops the thread."""
+    done = object()
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                buffer.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(done)
+        except BaseException as err:  # handed to the consumer, raised there
+            put(err)
+
+    thread = threading.Thread(target=produce, daemon=True, name="vla-batches")
+    thread.start()
+    try:
+        while (item := buffer.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+@dataclass
+class WindowLog:
+    """Debug record (``data.window_log``): one JSON line per batch handed to the training loop."""
+
+    folder: str
+    split: str
+    rank: int
+    world_size: int
+
+    def write(self, epoch: int, batch: int, windows: list) -> None:
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        record = {"split": self.split, "epoch": epoch, "rank": self.rank, "world_size": self.world_size,
+                  "batch": batch, "windows": windows}
+        with open(Path(self.folder) / f"{self.split}-rank{self.rank}.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def build_window_stream(data_cfg: DataConfig, split: str, *, window_size: int, fwd_pred_next_n: int,
+                        image_size: int, tokenizer_dir: str, train: bool) -> WindowStream:
+    """The stream of ``split``'s windows. Structural problems raise ``DataError`` here, before training."""
     meta = load_metadata(data_cfg.path)
-    fs, path = open_root(data_cfg.path)
-    total = 0
-    for shard in meta.splits[split].shards:
-        with fs.open_input_file(f"{path}/{shard.file}") as f:
-            steps = pq.read_table(f, columns=["num_steps"]).column(0).to_numpy()
-        total += int(np.ceil(steps / data_cfg.stride).sum())
-    return total
+    split_files(data_cfg.path, meta, split, data_cfg.cameras)
+    return WindowStream(
+        data_cfg=data_cfg,
+        split=split,
+        index=read_episode_index(data_cfg.path, split),
+        reader=ParquetEpisodes(data_cfg.path, data_cfg.cameras, decode_chain(data_cfg, meta, image_size)),
+        tokenize=Tokenize(load_tokenizer(tokenizer_dir), data_cfg.max_text_len),
+        batcher=window_batcher(data_cfg, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n, train=train),
+        train=train,
+    )
+
+
+@dataclass
+class InProcessWindows:
+    """The stream's transforms without Ray: every window of every episode row of a table, in
+    this process (the plain-loop benchmark, tests, the closed-loop guard)."""
+
+    decode: EpisodeChain
+    tokenize: Tokenize
+    batcher: WindowBatcher
+
+    def windows(self, table, epoch: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """One dict of stacked windows (the batch keys) per episode row of ``table``."""
+        for row in table.to_pylist():
+            episode = self.decode({**row, "path": row.get("path", "<table>")})
+            episode = self.tokenize(episode)
+            starts = self.batcher.cut.starts(len(episode["actions"])).tolist()
+            yield self.batcher([episode] * len(starts), starts, [row["episode_id"]] * len(starts), epoch)
+
+
+def episode_to_windows(data_cfg: DataConfig, meta: DatasetMetadata, *, window_size: int, fwd_pred_next_n: int,
+                       image_size: int, tokenizer, train: bool) -> InProcessWindows:
+    """The transforms of ``build_window_stream`` as one in-process chain."""
+    return InProcessWindows(decode_chain(data_cfg, meta, image_size), Tokenize(tokenizer, data_cfg.max_text_len),
+                            window_batcher(data_cfg, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n,
+                                           train=train))

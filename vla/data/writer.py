@@ -44,7 +44,7 @@ from vla.data.metadata import (
 from vla.data.stats import compute_action_stats
 
 DEFAULT_SHARD_BYTES = 256 << 20
-ROW_GROUP_BYTES = 32 << 20
+ROW_GROUP_BYTES = 4 << 20  # a decode task reads the whole row group holding its episode
 
 
 @dataclass

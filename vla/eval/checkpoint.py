@@ -58,7 +58,7 @@ def policy_from_checkpoint(checkpoint_dir: Path, run: Config, normalization: dic
     model.to(device=target, dtype=torch.bfloat16 if target.type == "cuda" else torch.float32)
     model.head.float()
     tokenize = Tokenize(build_tokenizer(run.model), run.data.max_text_len)
-    preprocessor = Preprocessor(run.data.cameras, run.model.image_size, tokenize)
+    preprocessor = Preprocessor(run.data.cameras, model.image_size, tokenize)
     return Policy(model.eval(), ActionNormalizer.from_dict(normalization), preprocessor, target)
 
 

@@ -2,9 +2,9 @@
 
 The windows come from the training pipeline itself (no augmentation, every window of every
 episode), so the numbers are the ones validation during training would report:
-``evaluate_offline`` streams the whole split through Ray Data (``build_window_dataset``);
+``evaluate_offline`` streams the whole split (``build_window_stream``: Ray tasks decode);
 ``evaluate_offline_local`` reads the first episodes of the split in this process with the
-same transform chain (evaluation during training: a few batches, no Ray Data tasks).
+same transforms (``episode_to_windows``; evaluation during training: a few batches, no tasks).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import torch
 
 from vla.config import Config
-from vla.data import build_window_dataset, iter_batches, load_metadata
+from vla.data import build_window_stream, load_metadata
 from vla.data.metadata import open_root
 from vla.data.pipeline import episode_to_windows, episode_columns, split_files
 from vla.data.transforms import BATCH_KEYS
@@ -69,22 +69,22 @@ def offline_metrics(policy: Policy, batches: Iterable[dict[str, torch.Tensor]], 
 
 def evaluate_offline(policy: Policy, run: Config, export_dir: str, split: str, *, batch_size: int = 32,
                      max_batches: int | None = None) -> dict:
-    """``offline_metrics`` over the whole ``split`` (or its first ``max_batches``), through Ray Data."""
-    data_cfg = dataclasses.replace(run.data, batch_size=batch_size, shuffle_buffer=0)
-    dataset = build_window_dataset(
+    """``offline_metrics`` over the whole ``split`` (or its first ``max_batches``), decoded by Ray tasks."""
+    data_cfg = dataclasses.replace(run.data, batch_size=batch_size)
+    stream = build_window_stream(
         data_cfg, split, window_size=run.model.window_size, fwd_pred_next_n=run.model.fwd_pred_next_n,
-        image_size=run.model.image_size, tokenizer_dir=export_dir, train=False,
+        image_size=policy.model.image_size, tokenizer_dir=export_dir, train=False,
     )
-    batches = iter_batches(dataset.iterator(), data_cfg, epoch=0)
-    return offline_metrics(policy, itertools.islice(batches, max_batches), split)
+    return offline_metrics(policy, itertools.islice(stream.batches(epoch=0), max_batches), split)
 
 
-def local_batches(run: Config, split: str, tokenizer, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
+def local_batches(run: Config, split: str, tokenizer, batch_size: int,
+                  image_size: int) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of ``split``'s windows in file order, read and transformed in this process."""
     meta = load_metadata(run.data.path)
     fs, _ = open_root(run.data.path)
     transform = episode_to_windows(run.data, meta, window_size=run.model.window_size,
-                                   fwd_pred_next_n=run.model.fwd_pred_next_n, image_size=run.model.image_size,
+                                   fwd_pred_next_n=run.model.fwd_pred_next_n, image_size=image_size,
                                    tokenizer=tokenizer, train=False)
     pending: list[dict[str, np.ndarray]] = []
     held = 0
@@ -105,5 +105,5 @@ def local_batches(run: Config, split: str, tokenizer, batch_size: int) -> Iterat
 
 def evaluate_offline_local(policy: Policy, run: Config, split: str, *, batch_size: int, max_batches: int) -> dict:
     """``offline_metrics`` over the first ``max_batches`` batches of ``split``, without Ray."""
-    batches = local_batches(run, split, policy.preprocessor.tokenize.tokenizer, batch_size)
+    batches = local_batches(run, split, policy.preprocessor.tokenize.tokenizer, batch_size, policy.model.image_size)
     return offline_metrics(policy, itertools.islice(batches, max_batches), split)

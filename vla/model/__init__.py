@@ -21,6 +21,10 @@ _EXPORTS = {
     "count_parameters": "vla.model.trainable",
     "VLAModel": "vla.model.vla_model",
     "build_model": "vla.model.vla_model",
+    "build_sharded_model": "vla.model.loading",
+    "pretrained_loader": "vla.model.loading",
+    "training_weights_dtype": "vla.model.loading",
+    "run_image_size": "vla.model.backbones",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -26,11 +26,15 @@ def assemble(
 ) -> FrameSequence:
     """Lay out each frame's tokens; the action tokens follow each sample's own last real token.
 
-    vision ``[N, V*K, hidden]`` (views in order), text ``[N, L, hidden]`` right-padded with
-    ``text_mask [N, L]`` (1 on real tokens, a prefix), action_token ``[latent_num, hidden]``,
-    special ``[3, hidden]`` = the BOS, EOS and padding embeddings. ``fill_zero`` masks the
-    action tokens out of attention (the LM still computes their hidden states).
+    vision ``[N, V*K, hidden]`` (views in order), text ``[N, L, hidden]`` with ``text_mask [N, L]``
+    (1 on real tokens), action_token ``[latent_num, hidden]``, special ``[3, hidden]`` = the BOS,
+    EOS and padding embeddings. ``fill_zero`` masks the action tokens out of attention (the LM
+    still computes their hidden states).
+
+    The real tokens are first moved to the front in their order (``compact``), so any padding
+    side, or a mask with holes, gives the same sequence: the instruction, then ``[LRN]``.
     """
+    text, text_mask = compact(text, text_mask)
     n, length, hidden = text.shape
     latent_num = action_token.shape[0]
     bos, eos, pad = special[0], special[1], special[2]
@@ -57,6 +61,12 @@ def assemble(
     image_index[:, 1:prefix] = views
     action_positions = prefix + real + torch.arange(latent_num, device=text.device)
     return FrameSequence(embeds, attention_mask, image_index, action_positions)
+
+
+def compact(text: torch.Tensor, text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``text [N, L, H]`` and its 0/1 mask with every sample's real tokens moved to the front, in order."""
+    order = torch.argsort(1 - text_mask, dim=1, stable=True)
+    return text.gather(1, order.unsqueeze(-1).expand_as(text)), text_mask.gather(1, order)
 
 
 def gather_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

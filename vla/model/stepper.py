@@ -1,4 +1,7 @@
-"""Acting one observation at a time, the way training windows see the history."""
+"""Acting one observation at a time, the way training windows see the history.
+
+``vla.policy.Policy`` serves through this class; it is the one implementation of acting.
+"""
 
 from __future__ import annotations
 
@@ -8,21 +11,25 @@ from vla.model.vla_model import VLAModel
 
 
 class ActionStepper:
-    """Stateful rollout API over ``E`` environments in lockstep.
+    """Stateful rollout API over ``E`` environments, each with its own history.
 
-    Each ``step`` encodes the new frame once and keeps the last ``window_size`` action-token
-    features; the head then re-runs from a zero state over those frames, exactly as a
-    training window ending at this frame would, and the first predicted step is returned.
+    Each ``step`` encodes the new frame once and keeps each environment's last ``window_size``
+    action-token features; the head then re-runs from a zero state over those frames, exactly
+    as a training window ending at this frame would (RoboVLMs), and the first predicted step
+    is returned. ``reset(i)`` restarts environment ``i`` only.
     """
 
     def __init__(self, model: VLAModel):
         self.model = model
         self.window_size = model.config.window_size
-        self._features: list[torch.Tensor] = []
+        self._history: list[list[torch.Tensor]] = []  # per environment: features [latent, hidden]
 
-    def reset(self) -> None:
-        """Start new episodes: forget the history."""
-        self._features = []
+    def reset(self, env_index: int | None = None) -> None:
+        """Forget the history of every environment (the count may then change), or of ``env_index`` only."""
+        if env_index is None:
+            self._history = []
+        elif env_index < len(self._history):
+            self._history[env_index] = []
 
     @torch.no_grad()
     def step(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -30,7 +37,19 @@ class ActionStepper:
 
         Dims 0-5: the normalized pose of the first predicted step; dim 6: its gripper logit.
         """
-        frame = self.model.action_features(images.unsqueeze(1), input_ids, attention_mask)  # [E, 1, latent, H]
-        self._features = (self._features + [frame])[-self.window_size :]
-        out = self.model.head(torch.cat(self._features, dim=1).float())
-        return torch.cat([out.pose[:, -1, 0], out.gripper_logits[:, -1, :1]], dim=-1)
+        count = images.shape[0]
+        if not self._history:
+            self._history = [[] for _ in range(count)]
+        if count != len(self._history):
+            raise ValueError(f"got {count} observations for {len(self._history)} environments; "
+                             "call reset() to change the number of environments")
+        features = self.model.action_features(images.unsqueeze(1), input_ids, attention_mask)[:, 0].float()
+        for history, frame in zip(self._history, features):
+            history.append(frame)
+            del history[:-self.window_size]
+        out = torch.empty(count, 7, device=features.device)
+        for length in {len(h) for h in self._history}:  # one head call per history length
+            envs = [i for i, h in enumerate(self._history) if len(h) == length]
+            head = self.model.head(torch.stack([torch.stack(self._history[i]) for i in envs]))
+            out[envs] = torch.cat([head.pose[:, -1, 0], head.gripper_logits[:, -1, :1]], dim=-1)
+        return out

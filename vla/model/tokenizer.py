@@ -1,4 +1,11 @@
-"""The backbone's tokenizer: from a local pretrained directory, or a tiny one built offline."""
+"""The backbone's tokenizer: from a local pretrained directory, or a tiny one built offline.
+
+Instructions are right-padded everywhere (training windows, offline evaluation, the policy):
+``vla.data.transforms.Tokenize`` asks for it on every call, and the copies saved with a run
+say so too. ``vla.model.sequence.assemble`` does not rely on it: it moves the real tokens to
+the front of any 0/1 mask, so the tokens before ``[LRN]`` are the instruction whatever a
+tokenizer's ``padding_side`` (LLaVA-1.5 and Qwen2-VL publish ``left``).
+"""
 
 from __future__ import annotations
 
@@ -43,4 +50,5 @@ def build_tokenizer(cfg: ModelConfig) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(cfg.pretrained_path, local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"  # saved with the run and its export: instruction ids start at 0
     return tokenizer

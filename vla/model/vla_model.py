@@ -8,8 +8,7 @@ from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from torch import nn
 
-from vla.configuration import ConfigError
-from vla.model.backbones import Backbone, build_backbone
+from vla.model.backbones import Backbone, build_backbone, image_size_for
 from vla.model.config import ModelConfig
 from vla.model.heads import ActionOutput, build_head
 from vla.model.loss import action_loss
@@ -34,7 +33,7 @@ class VLAModel(nn.Module):
         self.head = build_head(cfg, hidden)
         self.register_buffer("image_mean", torch.tensor(backbone.image_mean).reshape(3, 1, 1))
         self.register_buffer("image_std", torch.tensor(backbone.image_std).reshape(3, 1, 1))
-        self.image_size: int = backbone.image_size or cfg.image_size
+        self.image_size: int = image_size_for(cfg, backbone.hf_config)
 
     def pixel_values(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 ``[N, 3, H, W]`` -> normalized floats at ``image_size`` (resized when H, W differ)."""
@@ -52,9 +51,7 @@ class VLAModel(nn.Module):
         vision = backbone.encode_images(self.pixel_values(images.flatten(0, 2)))  # [B*T*V, K, H]
         vision = vision.reshape(b * t, -1, vision.shape[-1])
         text = backbone.embed_text(input_ids).repeat_interleave(t, dim=0)
-        special_ids = torch.tensor(
-            [backbone.bos_token_id, backbone.eos_token_id, backbone.pad_token_id], device=input_ids.device
-        )
+        special_ids = torch.tensor(backbone.special_ids, device=input_ids.device)
         seq = assemble(
             vision=vision.to(text.dtype),
             text=text,
@@ -80,20 +77,25 @@ def build_model(
     cfg: ModelConfig,
     tokenizer: PreTrainedTokenizerBase | None = None,
     hf_config: PretrainedConfig | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    backbone_on_meta: bool = False,
 ) -> VLAModel:
-    """The policy of ``cfg`` with its freeze options applied.
+    """The policy of ``cfg`` with its freeze options applied, held in ``dtype`` (the head in fp32).
 
     The backbone comes from ``hf_config`` (random weights, for loading an export), else
-    ``cfg.pretrained_path`` (local directory, no network), else a tiny config matched to
-    the tokenizer (``build_tokenizer(cfg)`` unless given).
+    ``cfg.pretrained_path`` (local directory, no network, read in ``dtype``), else a tiny config
+    matched to the tokenizer (``build_tokenizer(cfg)`` unless given). ``backbone_on_meta``
+    builds the backbone's parameters on the meta device, to be loaded by ``vla.model.loading``.
     """
     tokenizer = tokenizer if tokenizer is not None else build_tokenizer(cfg)
-    backbone = build_backbone(cfg, tokenizer, hf_config)
-    multiple = getattr(backbone, "size_multiple", 1)
-    if backbone.image_size is None and cfg.image_size % multiple:
-        raise ConfigError(f"image_size: {cfg.backbone} needs a multiple of {multiple}, got {cfg.image_size}")
+    backbone = build_backbone(cfg, tokenizer, hf_config, dtype=dtype, on_meta=backbone_on_meta)
     if cfg.lora_rank > 0:
         add_lora(backbone, cfg)
     model = VLAModel(cfg, backbone)
+    if dtype != torch.float32:
+        for param in model.parameters():  # buffers keep their dtype (rotary frequencies stay fp32)
+            param.data = param.data.to(dtype)
+        model.head.float()  # as in training: an LSTM in bf16 fails on fp32 inputs
     apply_trainable(model, cfg)
     return model

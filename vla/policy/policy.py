@@ -5,35 +5,34 @@
     action = policy.act({"images": {"static": rgb, "wrist": rgb}, "instruction": "pick up the red block"})
 
 The same object serves evaluation and deployment (openpi style); no Ray, no FSDP.
-Preprocessing reuses the training pipeline's own functions (image resize, tokenization), and
-the history follows RoboVLMs inference: the last ``window_size`` frames' action-token
-features, the head re-run from a zero state over them, the first predicted step executed.
+Preprocessing reuses the training pipeline's own functions (image resize straight to the
+size the model runs at, tokenization), and acting is ``vla.model.ActionStepper``'s (RoboVLMs
+inference: the last ``window_size`` frames' action-token features per environment, the head
+re-run from a zero state over them, the first predicted step executed).
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from vla.config import Config, resolve_config
 from vla.data.episodes import resize_image
 from vla.data.pipeline import load_tokenizer
 from vla.data.stats import ActionNormalizer
 from vla.data.transforms import Tokenize
-from vla.model import VLAModel, load_export
-from vla.model.export import NORMALIZATION_FILE, RUN_CONFIG_FILE
+from vla.model import ActionStepper, VLAModel, load_export
+from vla.model.export import read_normalization, read_run_config
 
 Observation = dict  # {"images": {camera: HxWx3 uint8}, "instruction": str, ...}
 
 
 def load_run_config(export_dir: str | Path) -> Config:
     """The full resolved run config saved with an export (cameras, instruction length, data path)."""
-    return resolve_config(yaml.safe_load((Path(export_dir) / RUN_CONFIG_FILE).read_text()))
+    return resolve_config(read_run_config(export_dir))
 
 
 @dataclass
@@ -72,31 +71,28 @@ class Policy:
         self.preprocessor = preprocessor
         self.device = device
         self.window_size = model.config.window_size
-        self._history: list[list[torch.Tensor]] = []  # per environment: features [latent, hidden]
+        self.stepper = ActionStepper(model)
 
     @classmethod
     def load(cls, export_dir: str | Path, device: str = "cpu", dtype: torch.dtype | None = None) -> Policy:
         """The policy of an export folder; ``dtype`` defaults to bf16 on GPU and fp32 on CPU.
 
-        The backbone runs in ``dtype``; the head stays in fp32 (as in training).
+        The backbone is read straight into ``dtype`` (one copy of the weights); the head stays
+        in fp32 (as in training). Frames are resized once, to the size the model runs at.
         """
         export_dir = Path(export_dir).expanduser()
         run = load_run_config(export_dir)
-        model, model_cfg = load_export(export_dir)
         target = torch.device(device)
         dtype = dtype or (torch.bfloat16 if target.type == "cuda" else torch.float32)
-        model.to(device=target, dtype=dtype)
-        model.head.float()
-        normalizer = ActionNormalizer.from_dict(json.loads((export_dir / NORMALIZATION_FILE).read_text()))
+        model, _ = load_export(export_dir, dtype=dtype)
+        model.to(target)
+        normalizer = ActionNormalizer.from_dict(read_normalization(export_dir))
         tokenize = Tokenize(load_tokenizer(str(export_dir)), run.data.max_text_len)
-        return cls(model.eval(), normalizer, Preprocessor(run.data.cameras, model_cfg.image_size, tokenize), target)
+        return cls(model, normalizer, Preprocessor(run.data.cameras, model.image_size, tokenize), target)
 
     def reset(self, env_index: int | None = None) -> None:
         """Forget the history of every environment, or of ``env_index`` only."""
-        if env_index is None:
-            self._history = []
-        elif env_index < len(self._history):
-            self._history[env_index] = []
+        self.stepper.reset(env_index)
 
     def act(self, observation: Observation) -> np.ndarray:
         """One environment's action for ``observation``: ``[7]`` float32."""
@@ -109,25 +105,10 @@ class Policy:
     @torch.no_grad()
     def infer(self, observations: list[Observation]) -> torch.Tensor:
         """The model's raw output for one step of ``E`` environments: ``[E, 7]`` = normalized pose
-        of the first predicted step + gripper logit (what ``ActionStepper.step`` returns)."""
-        count = len(observations)
-        if not self._history:
-            self._history = [[] for _ in range(count)]
-        if count != len(self._history):
-            raise ValueError(f"act_batch got {count} observations for {len(self._history)} environments; "
-                             "call reset() to change the number of environments")
+        of the first predicted step + gripper logit (``ActionStepper.step``)."""
         images = self.preprocessor.images(observations).to(self.device)
         ids, mask = (t.to(self.device) for t in self.preprocessor.instructions(observations))
-        features = self.model.action_features(images.unsqueeze(1), ids, mask)[:, 0].float()  # [E, latent, H]
-        for history, frame in zip(self._history, features):
-            history.append(frame)
-            del history[:-self.window_size]
-        out = torch.empty(count, 7, device=self.device)
-        for length in {len(h) for h in self._history}:  # one head call per history length
-            envs = [i for i, h in enumerate(self._history) if len(h) == length]
-            head = self.model.head(torch.stack([torch.stack(self._history[i]) for i in envs]))
-            out[envs] = torch.cat([head.pose[:, -1, 0], head.gripper_logits[:, -1, :1]], dim=-1)
-        return out
+        return self.stepper.step(images, ids, mask)
 
     def actions_from_output(self, output: torch.Tensor) -> np.ndarray:
         """Raw ``[E, 7]`` model output -> actions: pose un-normalized, gripper sigmoid > 0.5 -> +1 else -1."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 import tempfile
 from collections.abc import Sequence
@@ -22,12 +21,12 @@ from ray.train.torch import TorchTrainer
 from ray.train import UserCallback
 
 from vla.config import Config
-from vla.configuration import ConfigError, save_yaml, to_dict
-from vla.data import ActionNormalizer, DatasetMetadata, build_window_dataset, load_metadata
+from vla.configuration import ConfigError, to_dict
+from vla.data import ActionNormalizer, build_window_stream, count_windows, load_metadata
 from vla.data.converters.synthetic import convert_synthetic
 from vla.data.metadata import METADATA_FILE
-from vla.model import build_tokenizer
-from vla.model.export import NORMALIZATION_FILE, RUN_CONFIG_FILE
+from vla.model import build_tokenizer, run_image_size
+from vla.model.export import run_files
 from vla.train.loop import EXPORT_DIR, train_loop_per_worker
 from vla.train.storage import is_uri, normalize_storage_path, run_path, upload
 
@@ -59,20 +58,9 @@ def total_steps(cfg: Config, num_windows: int) -> int:
     return cfg.train.epochs * per_epoch
 
 
-def count_windows(metadata: DatasetMetadata, cfg: Config) -> int:
-    """Training windows per epoch: one per start index (every ``data.stride``-th step)."""
-    split = metadata.splits.get(cfg.data.train_split)
-    if split is None:
-        raise ConfigError(
-            f"data.train_split: {cfg.data.path} has no split {cfg.data.train_split!r} "
-            f"(splits: {', '.join(metadata.splits)})"
-        )
-    return math.ceil(split.steps / cfg.data.stride)
-
-
 def total_steps_of(cfg: Config) -> int:
     """``total_steps`` with the window count read from the dataset's metadata."""
-    return total_steps(cfg, count_windows(load_metadata(cfg.data.path), cfg))
+    return total_steps(cfg, count_windows(cfg.data, cfg.data.train_split))
 
 
 DEMO_DATA_DIR = "~/.cache/vla/synthetic"
@@ -99,9 +87,8 @@ def ensure_ray() -> None:
 def write_run_files(run_dir: str, cfg: Config, normalization_json: str) -> None:
     """The full resolved config and the action statistics, saved with every run."""
     with tempfile.TemporaryDirectory() as tmp:
-        save_yaml(to_dict(cfg), Path(tmp) / RUN_CONFIG_FILE)
-        (Path(tmp) / NORMALIZATION_FILE).write_text(normalization_json)
-        for name in (RUN_CONFIG_FILE, NORMALIZATION_FILE):
+        for name, text in run_files(to_dict(cfg), json.loads(normalization_json)).items():
+            (Path(tmp) / name).write_text(text)
             upload(Path(tmp) / name, f"{run_dir}/{name}")
 
 
@@ -123,22 +110,23 @@ def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = ()) -> TorchT
     run_dir = run_path(storage_path, cfg.run.name)
     write_run_files(run_dir, cfg, normalization_json)
     tokenizer_dir = tokenizer_directory(cfg, run_dir)
+    image_size = run_image_size(cfg.model)  # frames are resized once, to the size the model runs at
 
     def windows(split: str, train: bool):
-        return build_window_dataset(
+        return build_window_stream(
             cfg.data,
             split,
             window_size=cfg.model.window_size,
             fwd_pred_next_n=cfg.model.fwd_pred_next_n,
-            image_size=cfg.model.image_size,
+            image_size=image_size,
             tokenizer_dir=tokenizer_dir,
             train=train,
         )
 
-    datasets = {cfg.data.train_split: windows(cfg.data.train_split, train=True)}
+    streams = {cfg.data.train_split: windows(cfg.data.train_split, train=True)}
     if cfg.train.val_every:
-        datasets[cfg.data.val_split] = windows(cfg.data.val_split, train=False)
-    steps = total_steps(cfg, count_windows(metadata, cfg))
+        streams[cfg.data.val_split] = windows(cfg.data.val_split, train=False)
+    steps = total_steps(cfg, count_windows(cfg.data, cfg.data.train_split))
 
     resources = {"CPU": cfg.train.cpus_per_worker}
     if cfg.train.use_gpu:
@@ -150,6 +138,7 @@ def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = ()) -> TorchT
             "run_dir": run_dir,
             "total_steps": steps,
             "normalization_json": normalization_json,
+            "streams": streams,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu, resources_per_worker=resources
@@ -163,8 +152,6 @@ def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = ()) -> TorchT
             ),
             callbacks=list(callbacks),
         ),
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=list(datasets)),  # equal shards: validation too
     )
 
 

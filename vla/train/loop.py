@@ -9,14 +9,15 @@ micro-batches, clipping, the optimizer and the schedule), ``maybe_log``, ``maybe
 No step waits for the device needlessly: losses and metrics stay on the device as detached
 sums and are reduced across ranks and read on the host only on the steps that log, validate
 or report. There is no per-batch "does every rank still have data" all-reduce:
-Ray Train splits the training and validation splits with ``streaming_split(equal=True)``, so
-every rank gets the same number of rows, hence of batches, and all ranks leave an epoch after
-the same batch (a resumed run skips the same ``batch_in_epoch`` on each).
+each rank's plan of the training and validation splits (``vla.data.WindowStream``) holds the
+same number of windows, hence of batches, and all ranks leave an epoch after the same batch (a
+resumed run skips the same ``batch_in_epoch`` on each, without decoding them).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 import random
@@ -30,16 +31,13 @@ import numpy as np
 import ray.train
 import torch
 import torch.distributed as dist
-import yaml
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from vla.config import Config, resolve_config
-from vla.data import iter_batches
 from vla.eval.during_training import CheckpointEvaluator
-from vla.model import build_model, count_parameters, save_export
-from vla.model.export import NORMALIZATION_FILE, RUN_CONFIG_FILE
+from vla.model import build_model, count_parameters, pretrained_loader, save_export, training_weights_dtype
 from vla.train.checkpoint import TrainState, load_checkpoint, save_checkpoint, state_fingerprint
-from vla.train.parallelize import reshard
+from vla.train.parallelize import param_dtype_for, reshard
 from vla.train.progress import MetricSums, RunLogger
 from vla.train.step import Batch, Trainer, build_trainer, forward_loss, to_device, train_step
 from vla.train.storage import exists, is_uri, upload, write_bytes
@@ -102,9 +100,8 @@ def batch_stream(run: Run, train_shard) -> Iterator[Batch]:
     ``epoch`` and ``batch_in_epoch`` on the next batch to take."""
     state, tcfg = run.state, run.cfg.train
     while tcfg.max_steps or state.epoch < tcfg.epochs:
-        batches = iter_batches(train_shard, run.cfg.data, epoch=state.epoch)
-        for _ in range(state.batch_in_epoch):
-            next(batches, None)
+        batches = train_shard.batches(epoch=state.epoch, rank=dist.get_rank(), world_size=dist.get_world_size(),
+                                      skip=state.batch_in_epoch)
         for batch in batches:
             state.batch_in_epoch += 1
             yield batch
@@ -113,9 +110,14 @@ def batch_stream(run: Run, train_shard) -> Iterator[Batch]:
 
 
 def maybe_log(run: Run) -> None:
-    """On log steps: means over every micro-batch of every rank since the last log, and the timing."""
-    trainer, step = run.trainer, run.state.step
-    if not (run.is_step(run.cfg.train.log_every) or step == run.total_steps):
+    """On log steps: means over every micro-batch of every rank since the last log, and the timing.
+
+    Steps that report to Ray Train (validation, checkpoint, last) log too, so every report
+    carries the training metrics of its own step.
+    """
+    trainer, step, tcfg = run.trainer, run.state.step, run.cfg.train
+    reports = run.is_step(tcfg.val_every) or run.is_step(tcfg.checkpoint_every) or step == run.total_steps
+    if not (run.is_step(tcfg.log_every) or reports):
         return
     metrics = {**trainer.micro_metrics.mean_over_ranks(), **trainer.step_metrics.mean_over_ranks(), "lr": trainer.lr}
     metrics.update(trainer.timer.window(run.total_steps - step))
@@ -136,7 +138,8 @@ def validate(trainer: Trainer, val_shard, cfg: Config) -> dict[str, float]:
     per_rank = math.ceil(cfg.train.val_batches / trainer.world_size)
     sums = MetricSums()
     model.eval()
-    for batch in itertools.islice(iter_batches(val_shard, cfg.data, epoch=0), per_rank):
+    batches = val_shard.batches(epoch=0, rank=dist.get_rank(), world_size=trainer.world_size)
+    for batch in itertools.islice(batches, per_rank):
         sums.add(forward_loss(model, to_device(batch, trainer.device)))
     reshard(model)
     model.train()
@@ -196,8 +199,7 @@ def export_policy(model: torch.nn.Module, cfg: Config, run_dir: str, normalizati
         return None
     destination = f"{run_dir}/{EXPORT_DIR}"
     local = Path(tempfile.mkdtemp(prefix="vla_export_")) if is_uri(run_dir) else Path(destination)
-    extra = {NORMALIZATION_FILE: normalization_json, RUN_CONFIG_FILE: yaml.safe_dump(cfg.to_dict(), sort_keys=False)}
-    save_export(local, model, state_dict=full, extra_files=extra)
+    save_export(local, model, state_dict=full, run_config=cfg.to_dict(), normalization=json.loads(normalization_json))
     if is_uri(run_dir):
         upload(local, destination)
     return destination
@@ -208,9 +210,13 @@ def build_run(cfg: Config, run_dir: str, total_steps: int, rank: int, world_size
     tcfg = cfg.train
     device = torch.device("cuda", torch.cuda.current_device()) if tcfg.use_gpu else torch.device("cpu")
     seed_everything(tcfg.seed)
-    model = build_model(cfg.model)
+    # A pretrained backbone is built on meta and each rank reads its shards once parallelized (vla.model.loading).
+    model = build_model(cfg.model, dtype=training_weights_dtype(param_dtype_for(tcfg, device)),
+                        backbone_on_meta=cfg.model.pretrained_path is not None)
+    load_pretrained = pretrained_loader(model)
     trainable, total = count_parameters(model)
     trainer = build_trainer(model, tcfg, device, world_size, total_steps=total_steps, text_len=cfg.data.max_text_len)
+    load_pretrained(device)
     logger = None
     if rank == 0:
         logger = RunLogger(run_dir, cfg.run.name, cfg.run.wandb_project, cfg.run.wandb_mode, cfg.to_dict())
@@ -250,8 +256,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     run_dir: str = loop_config["run_dir"]
     context = ray.train.get_context()
     run = build_run(cfg, run_dir, loop_config["total_steps"], context.get_world_rank(), context.get_world_size())
-    train_shard = ray.train.get_dataset_shard(cfg.data.train_split)
-    val_shard = ray.train.get_dataset_shard(cfg.data.val_split) if cfg.train.val_every else None
+    train_shard = loop_config["streams"][cfg.data.train_split]  # vla.data.WindowStream
+    val_shard = loop_config["streams"][cfg.data.val_split] if cfg.train.val_every else None
     batches = batch_stream(run, train_shard)
     evaluator = CheckpointEvaluator.for_rank(context.get_world_rank(), cfg, run_dir, run.logger)  # train.eval_every
     run.trainer.model.train()

@@ -54,11 +54,10 @@ def lm_tokens_per_frame(model: torch.nn.Module, text_len: int) -> int:
     """Tokens the LM processes per frame: BOS, every view's vision tokens, the instruction
     (padded to ``text_len``), the action tokens and EOS (``vla.model.sequence.assemble``).
 
-    Runs the vision encoder once on one blank image; call it before ``parallelize``.
+    Read off the backbone's config, so it also counts for a backbone still on the meta device.
     """
     cfg = model.config
-    probe = torch.zeros(1, 3, model.image_size, model.image_size, device=model.action_token.device)
-    vision_tokens = model.backbone.encode_images(probe).shape[1]
+    vision_tokens = model.backbone.vision_tokens(model.image_size)
     return 1 + cfg.num_views * vision_tokens + text_len + cfg.latent_num + 1
 
 

@@ -1,17 +1,26 @@
-"""VLM backbones: one adapter per family, a registry, and how one is created."""
+"""VLM backbones: one adapter per family, a registry, how one is created and the size it runs at."""
 
 from __future__ import annotations
+
+import json
+import logging
+from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
-from vla.model.backbones.base import GROUPS, Backbone
+from vla.configuration import ConfigError
+from vla.model.backbones.base import GROUPS, Backbone, SpecialIds
 from vla.model.backbones.kosmos2 import Kosmos2Backbone
 from vla.model.backbones.llava import LlavaBackbone
 from vla.model.backbones.paligemma import PaliGemmaBackbone
 from vla.model.backbones.qwen2vl import Qwen2VLBackbone
 from vla.model.backbones.tiny import TINY_CONFIGS, TinySpec
 from vla.model.config import ModelConfig
+from vla.model.meta import parameters_on_meta
+
+log = logging.getLogger("vla.model")
 
 BACKBONES: dict[str, type[Backbone]] = {
     cls.family: cls for cls in (PaliGemmaBackbone, Kosmos2Backbone, LlavaBackbone, Qwen2VLBackbone)
@@ -33,17 +42,74 @@ def tiny_config(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Pretrai
     return TINY_CONFIGS[cfg.backbone](spec)
 
 
-def build_backbone(
-    cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, hf_config: PretrainedConfig | None = None
-) -> Backbone:
-    """A backbone from ``hf_config`` (random weights, to be loaded), ``cfg.pretrained_path``, or tiny."""
+def pretrained_hf_config(cfg: ModelConfig) -> PretrainedConfig:
+    """The Hugging Face config of ``cfg.pretrained_path`` (its config.json only: no weights are read)."""
+    folder = Path(cfg.pretrained_path).expanduser()
+    file = folder / "config.json"
+    if not file.is_file():
+        raise ConfigError(f"model.pretrained_path: {folder} has no config.json (a Hugging Face model folder)")
+    config_class = BACKBONES[cfg.backbone].hf_model_class.config_class
+    model_type = json.loads(file.read_text()).get("model_type")
+    if model_type != config_class.model_type:
+        raise ConfigError(f"model.backbone: {cfg.backbone} expects a {config_class.model_type!r} checkpoint, "
+                          f"but {file} holds model_type {model_type!r}")
+    return config_class.from_pretrained(str(folder), local_files_only=True)
+
+
+def image_size_for(cfg: ModelConfig, hf_config: PretrainedConfig) -> int:
+    """The side (px) the model runs at: a fixed-size tower's own, else ``cfg.image_size``.
+
+    A pretrained tower's fixed size overrides ``model.image_size`` (logged when they differ);
+    for an any-size tower (Qwen2-VL) ``model.image_size`` must be a multiple of its patch grid.
+    """
     cls = BACKBONES[cfg.backbone]
-    if hf_config is not None:
-        return cls.from_vlm(cls.hf_model_class(hf_config))
-    if cfg.pretrained_path is not None:
-        vlm = cls.hf_model_class.from_pretrained(cfg.pretrained_path, local_files_only=True, dtype=torch.float32)
-        return cls.from_vlm(vlm, cfg.pretrained_path)
-    return cls.from_vlm(cls.hf_model_class(tiny_config(cfg, tokenizer)))
+    tower = cls.tower_image_size(hf_config)
+    if tower is None:
+        multiple = cls.size_multiple(hf_config)
+        if cfg.image_size % multiple:
+            raise ConfigError(f"model.image_size: {cfg.backbone} needs a multiple of {multiple}, got {cfg.image_size}")
+        return cfg.image_size
+    if tower != cfg.image_size and cfg.pretrained_path is not None:
+        log.warning("model.image_size=%d is overridden: the %s tower in %s takes %d px, so frames are resized to %d",
+                    cfg.image_size, cfg.backbone, cfg.pretrained_path, tower, tower)
+    return tower
 
 
-__all__ = ["BACKBONES", "GROUPS", "Backbone", "build_backbone", "tiny_config"]
+def run_image_size(cfg: ModelConfig) -> int:
+    """The side (px) the data pipeline and the policy resize frames to, read from the config only."""
+    if cfg.pretrained_path is None:
+        return cfg.image_size  # tiny configs are built at this size
+    return image_size_for(cfg, pretrained_hf_config(cfg))
+
+
+def build_backbone(
+    cfg: ModelConfig,
+    tokenizer: PreTrainedTokenizerBase,
+    hf_config: PretrainedConfig | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    on_meta: bool = False,
+) -> Backbone:
+    """A backbone from ``cfg.pretrained_path``'s weights (in ``dtype``), or random weights of ``hf_config``
+    (the pretrained folder's config when None), or a tiny config.
+
+    ``on_meta`` leaves every Hugging Face parameter on the meta device (no memory, no init), to be
+    filled later (``vla.model.loading``); buffers are real.
+    """
+    cls = BACKBONES[cfg.backbone]
+    if hf_config is None and cfg.pretrained_path is not None:
+        hf_config = pretrained_hf_config(cfg)
+        if not on_meta:
+            vlm = cls.hf_model_class.from_pretrained(
+                str(Path(cfg.pretrained_path).expanduser()), config=hf_config, local_files_only=True, dtype=dtype
+            )
+            return cls.from_vlm(vlm, tokenizer, cfg.pretrained_path)
+    with parameters_on_meta() if on_meta else nullcontext():
+        vlm = cls.hf_model_class(hf_config if hf_config is not None else tiny_config(cfg, tokenizer))
+    return cls.from_vlm(vlm.to(dtype), tokenizer, cfg.pretrained_path)
+
+
+__all__ = [
+    "BACKBONES", "GROUPS", "Backbone", "SpecialIds", "build_backbone", "image_size_for", "pretrained_hf_config",
+    "run_image_size", "tiny_config",
+]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
-from transformers import PretrainedConfig, PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from vla.configuration import ConfigError
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -18,6 +20,14 @@ HALF = (0.5, 0.5, 0.5)
 # The groups the freeze options act on; every backbone parameter belongs to exactly one
 # of them or to ``unused_modules()`` (always frozen: no gradient ever reaches it).
 GROUPS = ("vision", "text_embedding", "language_model")
+
+
+class SpecialIds(NamedTuple):
+    """The token ids the sequence assembly embeds around the instruction."""
+
+    bos: int
+    eos: int
+    pad: int
 
 
 class Backbone(nn.Module, ABC):
@@ -31,15 +41,22 @@ class Backbone(nn.Module, ABC):
     hf_model_class: ClassVar[type[PreTrainedModel]]
     default_image_mean: ClassVar[tuple[float, float, float]] = HALF
     default_image_std: ClassVar[tuple[float, float, float]] = HALF
+    # Where this adapter's submodules sit in the Hugging Face model: adapter prefix -> HF prefix.
+    hf_prefixes: ClassVar[dict[str, str]] = {"model.": "model."}
 
     def __init__(self, vlm: PreTrainedModel, image_mean: tuple[float, ...], image_std: tuple[float, ...]):
         super().__init__()
         self.hf_config: PretrainedConfig = vlm.config
+        self.text_config: PretrainedConfig = vlm.config.get_text_config()
+        self.hidden_size: int = self.text_config.hidden_size
         self.image_mean = tuple(image_mean)
         self.image_std = tuple(image_std)
+        self.special_ids = SpecialIds(0, 0, 0)  # set by ``from_vlm``
 
     @classmethod
-    def from_vlm(cls, vlm: PreTrainedModel, pretrained_dir: str | None = None) -> "Backbone":
+    def from_vlm(
+        cls, vlm: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, pretrained_dir: str | None = None
+    ) -> "Backbone":
         """Wrap ``vlm``; image statistics from ``pretrained_dir``'s preprocessor config when present."""
         mean, std = cls.default_image_mean, cls.default_image_std
         if pretrained_dir is not None:
@@ -47,33 +64,25 @@ class Backbone(nn.Module, ABC):
             if processor.is_file():
                 stats = json.loads(processor.read_text())
                 mean, std = stats.get("image_mean", mean), stats.get("image_std", std)
-        return cls(vlm, mean, std)
+        backbone = cls(vlm, mean, std)
+        backbone.special_ids = resolve_special_ids(cls.family, vlm.config, tokenizer, pretrained_dir)
+        return backbone
 
-    # Sizes and special tokens
-    @property
-    def text_config(self) -> PretrainedConfig:
-        return self.hf_config.get_text_config()
+    # Sizes
+    @classmethod
+    def tower_image_size(cls, hf_config: PretrainedConfig) -> int | None:
+        """The tower's fixed input size; None when it takes any size (then ``model.image_size``)."""
+        return hf_config.vision_config.image_size
 
-    @property
-    def hidden_size(self) -> int:
-        return self.text_config.hidden_size
+    @classmethod
+    def size_multiple(cls, hf_config: PretrainedConfig) -> int:
+        """What an any-size tower's input side must be a multiple of."""
+        return 1
 
-    @property
-    def image_size(self) -> int | None:
-        """The tower's fixed input size; None when it takes any size (the model config's then)."""
-        return self.hf_config.vision_config.image_size
-
-    @property
-    def bos_token_id(self) -> int:
-        return _first_id(self.text_config.bos_token_id, self.hf_config.bos_token_id)
-
-    @property
-    def eos_token_id(self) -> int:
-        return _first_id(self.text_config.eos_token_id, self.hf_config.eos_token_id)
-
-    @property
-    def pad_token_id(self) -> int:
-        return _first_id(self.text_config.pad_token_id, self.hf_config.pad_token_id, 0)
+    def vision_tokens(self, image_size: int) -> int:
+        """LM tokens ``encode_images`` gives per image of ``image_size`` px, read off the config
+        (no weights needed: also on a model whose parameters are still on the meta device)."""
+        return (image_size // self.hf_config.vision_config.patch_size) ** 2
 
     # What the policy calls
     @abstractmethod
@@ -118,10 +127,32 @@ class Backbone(nn.Module, ABC):
         return []
 
 
-def _first_id(*candidates: int | list[int] | None) -> int:
-    for value in candidates:
-        if isinstance(value, list) and value:
-            return value[0]
-        if isinstance(value, int):
-            return value
-    raise ValueError("the backbone config names no such special token id")
+def _as_id(value: object) -> int | None:
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def resolve_special_ids(
+    family: str, hf_config: PretrainedConfig, tokenizer: PreTrainedTokenizerBase, folder: str | None
+) -> SpecialIds:
+    """BOS, EOS and padding ids: the text config's, else the top level's, else the tokenizer's.
+
+    Composite configs keep them in different places (Kosmos-2 and Qwen2-VL in the text config,
+    LLaVA-1.5 nowhere but its tokenizer's pad); a config object may lack the attribute
+    altogether, so every read has a default. Raises ``ConfigError`` naming family and folder.
+    """
+    sources = (hf_config.get_text_config(), hf_config)
+    ids = {}
+    for name in SpecialIds._fields:
+        candidates = [getattr(config, f"{name}_token_id", None) for config in sources]
+        candidates.append(getattr(tokenizer, f"{name}_token_id", None))
+        found = next((i for i in map(_as_id, candidates) if i is not None), None)
+        if found is None:
+            where = folder or "the tiny config"
+            raise ConfigError(
+                f"model.pretrained_path: {family} backbone in {where}: no {name.upper()} token id in the "
+                f"text config, the config's top level or the tokenizer"
+            )
+        ids[name] = found
+    return SpecialIds(**ids)

@@ -14,12 +14,20 @@ class Kosmos2Backbone(Backbone):
     hf_model_class = Kosmos2ForConditionalGeneration
     default_image_mean = CLIP_MEAN
     default_image_std = CLIP_STD
+    hf_prefixes = {
+        "vision_model.": "vision_model.",
+        "image_to_text_projection.": "image_to_text_projection.",
+        "text_model.": "text_model.model.",
+    }
 
     def __init__(self, vlm: Kosmos2ForConditionalGeneration, image_mean, image_std):
         super().__init__(vlm, image_mean, image_std)
         self.vision_model = vlm.vision_model
         self.image_to_text_projection = vlm.image_to_text_projection
         self.text_model = vlm.text_model.model  # the LM body; its output head is left behind
+
+    def vision_tokens(self, image_size: int) -> int:
+        return self.hf_config.latent_query_num  # the resampler's queries
 
     def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         # The LM multiplies every input embedding by ``embed_scale`` itself.

@@ -17,8 +17,10 @@ class LlavaBackbone(ProjectorVLMBackbone):
     default_image_std = CLIP_STD
 
     @classmethod
-    def from_vlm(cls, vlm: LlavaForConditionalGeneration, pretrained_dir: str | None = None) -> "LlavaBackbone":
-        backbone = super().from_vlm(vlm, pretrained_dir)
+    def from_vlm(
+        cls, vlm: LlavaForConditionalGeneration, tokenizer, pretrained_dir: str | None = None
+    ) -> "LlavaBackbone":
+        backbone = super().from_vlm(vlm, tokenizer, pretrained_dir)
         if pretrained_dir is None and vlm.config.vision_config.model_type.startswith("siglip"):
             backbone.image_mean, backbone.image_std = HALF, HALF
         return backbone
@@ -30,6 +32,12 @@ class LlavaBackbone(ProjectorVLMBackbone):
             vision_feature_select_strategy=self.hf_config.vision_feature_select_strategy,
         ).pooler_output
         return torch.stack(list(features))  # one entry per image
+
+    def vision_tokens(self, image_size: int) -> int:
+        patches = super().vision_tokens(image_size)
+        has_class_token = self.hf_config.vision_config.model_type.startswith("clip")
+        keeps_it = self.hf_config.vision_feature_select_strategy == "full"
+        return patches + int(has_class_token and keeps_it)
 
     def unused_modules(self) -> list[nn.Module]:
         """Tower parts past the feature layer LLaVA reads (e.g. the last block for layer -2), pooling heads."""

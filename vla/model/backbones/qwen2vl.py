@@ -19,14 +19,17 @@ class Qwen2VLBackbone(Backbone):
         super().__init__(vlm, image_mean, image_std)
         self.model = vlm.model  # vision tower with merger, LM body; the LM output head is left behind
 
-    @property
-    def image_size(self) -> int | None:
+    @classmethod
+    def tower_image_size(cls, hf_config) -> int | None:
         return None  # any multiple of patch_size * spatial_merge_size
 
-    @property
-    def size_multiple(self) -> int:
-        vision = self.hf_config.vision_config
+    @classmethod
+    def size_multiple(cls, hf_config) -> int:
+        vision = hf_config.vision_config
         return vision.patch_size * vision.spatial_merge_size
+
+    def vision_tokens(self, image_size: int) -> int:
+        return (image_size // self.size_multiple(self.hf_config)) ** 2  # after the 2x2 patch merger
 
     def embed_text(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.language_model.embed_tokens(input_ids)

@@ -1,0 +1,114 @@
+"""A LeRobot dataset folder (v2.x or v3.0, image or mp4 video cameras) streamed as windows without
+first converting it to Parquet episodes: each decode task reads one episode's rows from its data
+file and decodes its frames from the video with PyAV (``vla.data.converters.lerobot``), resizes
+them and normalizes the actions; the plan, the windows and the batches are those of
+``vla.data.pipeline.WindowStream``.
+
+    stream = build_lerobot_stream("/data/lerobot/pusht", data_cfg, "train", window_size=8,
+                                  fwd_pred_next_n=1, image_size=224, tokenizer_dir=tok, train=True)
+    for batch in stream.batches(epoch=0, rank=rank, world_size=world_size): ...
+
+The feature mapping, gripper conventions and split rule are the converter's (docs/data.md).
+Action statistics (for ``quantile`` / ``mean_std``) come from a pass over the train episodes'
+action column (no frames decoded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vla.data.config import DataConfig
+from vla.data.converters.lerobot import (
+    INFO_FILE,
+    EpisodeRef,
+    LeRobotSource,
+    _import_av,
+    _info_field,
+    _read_parquet,
+    assign_splits,
+    list_episodes,
+    load_info,
+    map_features,
+    read_data_file,
+    read_episode,
+    read_tasks,
+)
+from vla.data.episodes import resize_image
+from vla.data.metadata import GRIPPER_DIM, DataError
+from vla.data.pipeline import WindowStream, load_tokenizer, window_batcher
+from vla.data.plan import EpisodeIndex
+from vla.data.stats import ActionNormalizer, action_stats
+from vla.data.transforms import Tokenize
+
+
+@dataclass
+class LeRobotEpisodes:
+    """Reads one LeRobot episode and prepares it as a decode task does (called in a Ray task)."""
+
+    source: LeRobotSource
+    cameras: list[str]  # our camera names, in batch order
+    image_size: int
+    normalizer: ActionNormalizer
+
+    def __call__(self, ref: EpisodeRef) -> dict:
+        episode = read_episode(self.source, ref, read_data_file(self.source, ref.data_file))
+        images = np.stack([np.stack([resize_image(f, self.image_size) for f in episode.images[camera]])
+                           for camera in self.cameras], axis=1)  # [S, V, H, W, 3]
+        return {"images": np.ascontiguousarray(images.transpose(0, 1, 4, 2, 3)),
+                "actions": self.normalizer.normalize(episode.actions.astype(np.float32)).astype(np.float32),
+                "instruction": episode.instruction}
+
+
+def train_action_chunks(source: LeRobotSource, refs: list[EpisodeRef]):
+    """The action rows of ``refs``, one chunk per data file (only the action column is read)."""
+    by_file: dict[Path, set[int]] = {}
+    for ref in refs:
+        by_file.setdefault(ref.data_file, set()).add(ref.index)
+    for file, indices in by_file.items():
+        table = _read_parquet(file, ["episode_index", source.features.action])
+        keep = np.isin(table.column("episode_index").to_numpy(), list(indices))
+        actions = np.asarray(table.column(source.features.action).to_pylist(), np.float32)[keep]
+        actions[:, GRIPPER_DIM] = np.where(actions[:, GRIPPER_DIM] > 0, 1.0, -1.0)  # never normalized
+        yield actions
+
+
+def build_lerobot_stream(folder: str, data_cfg: DataConfig, split: str, *, window_size: int, fwd_pred_next_n: int,
+                         image_size: int, tokenizer_dir: str, train: bool, cameras: dict[str, str] | None = None,
+                         action_key: str = "action", gripper: str = "signed", val_episodes: int | None = None,
+                         val_fraction: float = 0.1) -> WindowStream:
+    """The windows of ``split`` ("train" or "val", the converter's rule) of a LeRobot folder;
+    ``cameras`` maps ``data_cfg.cameras`` to LeRobot features (default: the first image/video
+    features in ``info.json`` order). Metadata problems raise ``DataError`` here."""
+    root = Path(folder)
+    info, version = load_info(root)
+    cameras = cameras or None
+    features = map_features(info, root / INFO_FILE, cameras=cameras, action_key=action_key, state_key=None,
+                            gripper=gripper)
+    if list(features.cameras) != list(data_cfg.cameras):
+        raise DataError(f"{root / INFO_FILE}: cameras {list(features.cameras)} do not match data.cameras "
+                        f"{data_cfg.cameras}")
+    if features.videos:
+        _import_av()
+    episodes = list_episodes(root, info, version, features)
+    splits = assign_splits(info, root / INFO_FILE, [e.index for e in episodes], val_episodes=val_episodes,
+                           val_fraction=val_fraction)
+    refs = [e for e in episodes if splits[e.index] == split]
+    if not refs:
+        raise DataError(f"{root}: split {split!r} has no episodes")
+    source = LeRobotSource(float(_info_field(info, root, "fps")), read_tasks(root, version), features)
+    train_refs = [e for e in episodes if splits[e.index] == data_cfg.train_split]
+    stats = action_stats(lambda: train_action_chunks(source, train_refs)) if train_refs else None
+    normalizer = ActionNormalizer.from_stats(stats, data_cfg.normalization, data_cfg.clip_bound)
+    return WindowStream(
+        data_cfg=data_cfg,
+        split=split,
+        index=EpisodeIndex(np.asarray([r.index for r in refs], np.int64), np.asarray([r.length for r in refs], np.int64),
+                           [(r,) for r in refs]),
+        reader=LeRobotEpisodes(source, list(data_cfg.cameras), image_size, normalizer),
+        tokenize=Tokenize(load_tokenizer(tokenizer_dir), data_cfg.max_text_len),
+        batcher=window_batcher(data_cfg, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n, train=train),
+        train=train,
+    )
