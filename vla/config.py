@@ -24,6 +24,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    # How pipelines/tune.py sweeps this config: vla.tune.space.SweepSettings keys, over the
+    # space file's sweep section (checked there); training ignores it
+    sweep: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
         check(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -9,17 +11,79 @@ import yaml
 
 from vla.config import load_config
 from vla.configuration import ConfigError
-from vla.tune.runner import SweepError, concurrent_trials, trial_resources
-from vla.tune.space import load_space, parse_space
+from vla.tune.runner import SweepError, concurrent_trials, local_cpus, trial_resources
+from vla.tune.space import load_space, load_sweep, parse_space
 
 ROOT = Path(__file__).resolve().parents[2]
-BASE = load_config().to_dict()
+BASE = load_config(None, ["train.val_every=10", "train.max_steps=100", "train.checkpoint_every=50"]).to_dict()
+_SPEC = importlib.util.spec_from_file_location("tune_cli", ROOT / "pipelines" / "tune.py")
+tune_cli = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(tune_cli)
+tune_main = tune_cli.main
+SPACES = sorted((ROOT / "tune_spaces").glob("*.yaml"))
+CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "tune_spaces").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
 def test_shipped_spaces_are_valid(path):
     space = load_space(path, BASE)
     assert space.params and space.sweep.num_trials >= 1
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: p.name)
+def test_shipped_spaces_sweep_every_shipped_config(path, config):
+    space, cfg = load_sweep(path, config)
+    assert space.sweep.metric == "val_loss" and cfg.train.val_every > 0
+
+
+def test_the_demo_sweep_is_sized_for_two_cores():
+    """The README's command (`--space tune_spaces/default.yaml`, nothing else) used to run 16 trials
+    of the full 2400-step demo (hours), and one trial needed 2.1 CPUs of a 2-CPU machine."""
+    space, cfg = load_sweep(ROOT / "tune_spaces" / "default.yaml", ROOT / "configs" / "demo.yaml")
+    assert space.sweep.num_trials * cfg.train.max_steps <= 2400  # at most one demo run of steps in all
+    assert cfg.train.val_every and cfg.train.checkpoint_every and space.sweep.scores_closed_loop
+    assert space.sweep.grace_period <= cfg.train.max_steps
+    need = trial_resources(cfg.train, space.sweep.scores_closed_loop)
+    assert concurrent_trials(need, {"CPU": float(local_cpus(need, cores=2))}, requested=0) == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["train.val_every=0"], r"never report val_loss: train\.val_every is 0"),
+        (["sweep.metric=val_los"], r"'val_los' is not a metric the trials report"),
+        (["sweep.metric=eval_success_rate", "sweep.mode=max", "train.eval.episodes=0"],
+         r"never report eval_success_rate: train\.eval\.episodes is 0"),
+        (["sweep.closed_loop=false", "sweep.metric=eval_success_ci_low", "sweep.mode=max", "train.eval.episodes=0"],
+         "never report eval_success_ci_low"),
+        (["sweep.metric=eval_success_rate"], r"sweep\.mode: eval_success_rate is better when higher"),
+        (["sweep.grace_period=601"], r"sweep\.grace_period: 601 steps is longer than a trial's run \(600 steps\)"),
+        (["train.val_every=700"], r"train\.val_every: 700 is longer than a trial's run"),
+        (["sweep.num_trial=3"], r"sweep\.num_trial"),
+        (["sweep.trial={train.max_step: 5}"], r"sweep\.trial: .*train\.max_step"),
+    ],
+)
+def test_a_sweep_the_trials_cannot_run_fails_before_any_trial_naming_why(overrides, named, capsys):
+    """A metric never reported used to train the first trial fully, then fail in Tune; a grace
+    period past the run's end passed --dry-run, then raised a bare AssertionError."""
+    assert tune_main(["--space", str(ROOT / "tune_spaces" / "default.yaml"), "--dry-run", *overrides]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and error.count("\n") == 1, error
+    assert re.search(named, error), error
+
+
+def test_sweep_settings_are_overridden_on_the_command_line(capsys):
+    overrides = ["sweep.num_trials=2", "sweep.grace_period=50", "sweep.search=grid", "train.lr=1e-4"]
+    assert tune_main(["--space", str(ROOT / "tune_spaces" / "lr_gripper.yaml"), "--dry-run", *overrides]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["sweep"]["num_trials"] == 2 and printed["sweep"]["grace_period"] == 50
+    assert printed["sweep"]["search"] == "grid" and printed["base_config"]["train"]["lr"] == 1e-4
+    # the demo config's own sweep section sized the trials; command-line config overrides win over it
+    assert printed["base_config"]["train"]["max_steps"] == 600
+    assert tune_main(["--space", str(ROOT / "tune_spaces" / "lr_gripper.yaml"), "--dry-run",
+                      "train.max_steps=50", "train.val_every=25", "sweep.grace_period=10"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["base_config"]["train"]["max_steps"] == 50
 
 
 def test_presets_expand_into_config_overrides():

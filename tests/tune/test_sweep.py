@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -76,3 +77,56 @@ def test_four_trial_sweep_stops_early_reports_and_exports_the_best(ray_session, 
     images = torch.randint(0, 256, (1, model_cfg.num_views, 3, 32, 32), dtype=torch.uint8)
     action = ActionStepper(model.eval()).step(images, torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.long))
     assert action.shape == (1, 7) and torch.isfinite(action).all()
+
+
+CLOSED_LOOP_SPACE = {
+    # A sane and an absurd learning rate, scored by closed-loop success: ASHA prunes on it.
+    "params": {"train.lr": {"grid": [3.0e-3, 5.0]}},
+    "sweep": {"num_trials": 1, "search": "grid", "metric": "eval_success_rate", "mode": "max",
+              "grace_period": 2, "reduction_factor": 2, "max_concurrent_trials": 2},
+}
+
+
+def forget_final_result(sweep_dir: Path, trial: str) -> None:
+    """Tune's saved state as when the sweep failed after ``trial`` had trained to the end but
+    before Tune recorded its result (Tune raising on the result did that): the trial errored,
+    no result kept. Re-running the sweep runs the trial again; its training resumes at the end."""
+    state_file = max(sweep_dir.glob("experiment_state-*.json"))
+    state = json.loads(state_file.read_text())
+    for entry in state["trial_data"]:
+        trial_state, run_metadata = json.loads(entry[0]), json.loads(entry[1])
+        if trial_state["trial_id"] in trial:
+            trial_state["status"] = "ERROR"
+            run_metadata["last_result"] = {}
+            entry[:] = [json.dumps(trial_state), json.dumps(run_metadata)]
+    state_file.write_text(json.dumps(state))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_two_trials_scored_by_closed_loop_success_and_a_rerun_keeps_the_finished_trial(ray_session, tiny_run,
+                                                                                        tmp_path):
+    overrides = tiny_run(tmp_path, "base") + [
+        "train.num_workers=1", "train.max_steps=4", "train.val_every=2", "train.checkpoint_every=2",
+        "train.eval.episodes=4", "train.eval.cpus=0.25",
+    ]
+    base = load_config(None, overrides)
+    sweep = make_sweep("closed-loop", parse_space(CLOSED_LOOP_SPACE, base.to_dict()), base)
+    report = write_report(run_sweep(sweep), sweep)
+
+    rows = {row.params["train.lr"]: row for row in report.rows}
+    assert len(rows) == 2 and not [r for r in rows.values() if r.status == "error"]
+    for row in rows.values():  # each trial was scored closed loop and validated, and the table shows both
+        assert 0.0 <= row.metric <= 1.0 and row.metric == row.scores["eval_success_rate"]
+        assert row.scores["val_loss"] > 0 and row.checkpoint
+    assert report.agreement["trials"] == 2 and report.agreement["metrics"] == ["val_loss", "eval_success_rate"]
+    header = (Path(sweep.directory) / "trials.csv").read_text().splitlines()[0]
+    assert header.startswith("trial,train.lr,eval_success_rate,val_loss,steps")
+
+    # Re-running after a failure used to list the fully trained trial as stopped early, with no metric.
+    finished = rows[3.0e-3]
+    assert finished.status == "completed"
+    forget_final_result(Path(sweep.directory), finished.trial)
+    again = {row.params["train.lr"]: row for row in write_report(run_sweep(sweep), sweep).rows}
+    assert again[3.0e-3].status == "completed" and again[3.0e-3].steps == 4
+    assert again[3.0e-3].metric == finished.metric and again[3.0e-3].scores["val_loss"] == finished.scores["val_loss"]

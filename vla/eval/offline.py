@@ -1,43 +1,44 @@
 """Offline evaluation: the training loss and action errors of a policy on a held-out split.
 
-The windows come from the training pipeline itself (``build_window_stream(..., train=False)``:
-no augmentation, every window of every episode), so the numbers are the ones validation
-during training would report, over the whole split.
+The windows come from the training pipeline itself (no augmentation, every window of every
+episode), so the numbers are the ones validation during training would report:
+``evaluate_offline`` streams the whole split (``build_window_stream``: Ray tasks decode);
+``evaluate_offline_local`` reads the first episodes of the split in this process with the
+same transforms (``episode_to_windows``; evaluation during training: a few batches, no tasks).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Iterable, Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from vla.config import Config
-from vla.data import build_window_stream
+from vla.data import build_window_stream, load_metadata
+from vla.data.metadata import open_root
+from vla.data.pipeline import episode_to_windows, episode_columns, split_files
+from vla.data.transforms import BATCH_KEYS
 from vla.policy import Policy
 
 
 @torch.no_grad()
-def evaluate_offline(policy: Policy, run: Config, export_dir: str, split: str, *, batch_size: int = 32,
-                     max_batches: int | None = None) -> dict:
-    """Loss terms, per-dimension pose error and gripper accuracy over ``split`` (needs Ray).
+def offline_metrics(policy: Policy, batches: Iterable[dict[str, torch.Tensor]], split: str) -> dict:
+    """Loss terms, per-dimension pose error and gripper accuracy over ``batches`` of windows.
 
     Every metric averages over the predicted steps inside the episodes (``action_mask`` 1).
     Pose errors are mean absolute errors, in normalized units and in the dataset's units.
     """
     model, device = policy.model, policy.device
-    data_cfg = dataclasses.replace(run.data, batch_size=batch_size)
-    dataset = build_window_stream(
-        data_cfg, split, window_size=run.model.window_size, fwd_pred_next_n=run.model.fwd_pred_next_n,
-        image_size=model.image_size, tokenizer_dir=export_dir, train=False,
-    )
     totals = {"loss": 0.0, "loss_arm": 0.0, "loss_gripper": 0.0}
     abs_error = np.zeros(6)
     correct = steps = 0.0
     windows = 0
-    for index, batch in enumerate(dataset.batches(epoch=0)):
-        if max_batches is not None and index >= max_batches:
-            break
+    for batch in batches:
         batch = {k: v.to(device) for k, v in batch.items()}
         output = model(batch["images"], batch["input_ids"], batch["attention_mask"])
         mask = batch["action_mask"].float()
@@ -64,3 +65,45 @@ def evaluate_offline(policy: Policy, run: Config, export_dir: str, split: str, *
         "pose_error_per_dim_unnormalized": (per_dim * scale).tolist(),
         "gripper_accuracy": correct / steps,
     }
+
+
+def evaluate_offline(policy: Policy, run: Config, export_dir: str, split: str, *, batch_size: int = 32,
+                     max_batches: int | None = None) -> dict:
+    """``offline_metrics`` over the whole ``split`` (or its first ``max_batches``), decoded by Ray tasks."""
+    data_cfg = dataclasses.replace(run.data, batch_size=batch_size)
+    stream = build_window_stream(
+        data_cfg, split, window_size=run.model.window_size, fwd_pred_next_n=run.model.fwd_pred_next_n,
+        image_size=policy.model.image_size, tokenizer_dir=export_dir, train=False,
+    )
+    return offline_metrics(policy, itertools.islice(stream.batches(epoch=0), max_batches), split)
+
+
+def local_batches(run: Config, split: str, tokenizer, batch_size: int,
+                  image_size: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of ``split``'s windows in file order, read and transformed in this process."""
+    meta = load_metadata(run.data.path)
+    fs, _ = open_root(run.data.path)
+    transform = episode_to_windows(run.data, meta, window_size=run.model.window_size,
+                                   fwd_pred_next_n=run.model.fwd_pred_next_n, image_size=image_size,
+                                   tokenizer=tokenizer, train=False)
+    pending: list[dict[str, np.ndarray]] = []
+    held = 0
+    for file in split_files(run.data.path, meta, split, run.data.cameras):
+        for row_group in pq.ParquetFile(fs.open_input_file(file)).iter_batches(
+                batch_size=1, columns=episode_columns(run.data.cameras)):
+            for windows in transform.windows(pa.Table.from_batches([row_group])):
+                pending.append(windows)
+                held += len(windows["actions"])
+                while held >= batch_size:
+                    merged = {key: np.concatenate([p[key] for p in pending]) for key in BATCH_KEYS}
+                    yield {key: torch.from_numpy(value[:batch_size]) for key, value in merged.items()}
+                    pending = [{key: value[batch_size:] for key, value in merged.items()}]
+                    held -= batch_size
+    if held:
+        yield {key: torch.from_numpy(np.concatenate([p[key] for p in pending])) for key in BATCH_KEYS}
+
+
+def evaluate_offline_local(policy: Policy, run: Config, split: str, *, batch_size: int, max_batches: int) -> dict:
+    """``offline_metrics`` over the first ``max_batches`` batches of ``split``, without Ray."""
+    batches = local_batches(run, split, policy.preprocessor.tokenize.tokenizer, batch_size, policy.model.image_size)
+    return offline_metrics(policy, itertools.islice(batches, max_batches), split)

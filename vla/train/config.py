@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from vla.configuration import check
+from vla.eval.settings import EvalConfig
 
 
 @dataclass
@@ -30,6 +31,10 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
+    # Evaluation of every K-th step's checkpoint as Ray tasks beside the workers (0 disables;
+    # a multiple of checkpoint_every); what it runs: vla.eval.settings.EvalConfig
+    eval_every: int = 0
+    eval: EvalConfig = field(default_factory=EvalConfig)
     # Distribution: one place configures it
     num_workers: int = 2
     use_gpu: bool = False
@@ -65,8 +70,13 @@ class TrainConfig:
         check(self.epochs >= 1, "epochs", "must be >= 1")
         check(self.max_steps >= 0, "max_steps", "must be >= 0")
         check(self.steps_per_epoch >= 0, "steps_per_epoch", "must be >= 0")
-        for key in ("val_every", "log_every", "checkpoint_every"):
+        for key in ("val_every", "log_every", "checkpoint_every", "eval_every"):
             check(getattr(self, key) >= 0, key, "must be >= 0")
+        check(
+            not self.eval_every or (self.checkpoint_every and self.eval_every % self.checkpoint_every == 0),
+            "eval_every",
+            f"must be a multiple of checkpoint_every ({self.checkpoint_every}): evaluation reads checkpoints",
+        )
         check(self.val_batches >= 1, "val_batches", "must be >= 1")
         check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         check(self.num_workers >= 1, "num_workers", "must be >= 1")

@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from vla.config import Config, resolve_config
+from vla.eval.during_training import CheckpointEvaluator
 from vla.model import build_model, count_parameters, pretrained_loader, save_export, training_weights_dtype
 from vla.train.checkpoint import (
     TrainState,
@@ -269,6 +270,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     train_shard = loop_config["streams"][cfg.data.train_split]  # vla.data.WindowStream
     val_shard = loop_config["streams"][cfg.data.val_split] if cfg.train.val_every else None
     batches = batch_stream(run, train_shard)
+    evaluator = CheckpointEvaluator.for_rank(context.get_world_rank(), cfg, run_dir, run.logger)  # train.eval_every
     run.trainer.model.train()
 
     while run.state.step < run.total_steps and train_step(run.trainer, batches):
@@ -276,6 +278,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         maybe_log(run)
         validated = maybe_validate(run, val_shard)
         maybe_checkpoint(run, validated)
+        if evaluator is not None:
+            evaluator.after_step(run.state.step, run.last_checkpoint_step)
 
     ran_out = run.state.step < run.total_steps  # the data ended before the last step
     if ran_out and run.last_checkpoint_step != run.state.step:
@@ -284,5 +288,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         destination = export_policy(run.trainer.model, cfg, run_dir, loop_config["normalization_json"])
         if destination is not None:
             log.info("exported the policy to %s", destination)
+    if evaluator is not None:
+        evaluator.finish(run.state.step)
     if run.logger is not None:
         log.info("metrics plot: %s", run.logger.finish())

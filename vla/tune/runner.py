@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
 import ray
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
 from vla.config import Config, resolve_config
 from vla.train.config import TrainConfig
 from vla.train.launch import build_trainer, ensure_ray, total_steps_of, with_demo_data
-from vla.train.storage import normalize_storage_path
-from vla.tune.space import PRESET_KEY, SearchSpace, apply_overrides
+from vla.train.storage import normalize_storage_path, run_path
+from vla.tune.scoring import SweepReportCallback, finished_step, score_checkpoint
+from vla.tune.space import PRESET_KEY, SearchSpace, apply_overrides, check_run_length
 
 log = logging.getLogger("vla.tune")
 
@@ -42,12 +44,36 @@ class Sweep:
     base: dict[str, Any]  # the base config as a dictionary
 
 
-def trial_resources(train: TrainConfig) -> dict[str, float]:
-    """What one trial takes from the cluster: its workers, its driver and room for its data tasks."""
+def trial_resources(train: TrainConfig, scores_closed_loop: bool = False) -> dict[str, float]:
+    """What one trial takes from the cluster: its workers, its driver, room for its data tasks
+    and, when trials are scored closed loop, for the scoring task."""
     need = {"CPU": train.num_workers * train.cpus_per_worker + TRIAL_DRIVER_CPU + DATA_CPU_PER_TRIAL}
     if train.use_gpu:
         need["GPU"] = float(train.num_workers)
+    if scores_closed_loop:
+        need["CPU"] += train.eval.cpus
+        if train.eval.gpus:
+            need["GPU"] = need.get("GPU", 0.0) + train.eval.gpus
     return need
+
+
+def local_cpus(need: dict[str, float], cores: int) -> int:
+    """Logical CPUs for a local Ray instance: the machine's cores, or one trial's need if more.
+
+    A trial's driver and Train controller only wait, and its data tasks share the cores with
+    the workers: on a 2-core machine the demo's trial (2 workers at 0.5 CPU, a driver, a data
+    CPU, a scoring task) needs 2.6 logical CPUs, which is what its cores can carry.
+    """
+    return max(cores, math.ceil(need.get("CPU", 0.0)))
+
+
+def start_ray(need: dict[str, float]) -> None:
+    """Join the cluster at ``RAY_ADDRESS``; else start a local Ray instance one trial fits in."""
+    if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
+        cpus = local_cpus(need, os.cpu_count() or 1)
+        log.info("starting a local Ray instance with %d logical CPUs", cpus)
+        ray.init(num_cpus=cpus, log_to_driver=True)
+    ensure_ray()
 
 
 def concurrent_trials(need: dict[str, float], available: dict[str, float], requested: int) -> int:
@@ -80,9 +106,21 @@ def trial_config(sweep: Sweep, sample: dict[str, Any], trial_name: str) -> Confi
 
 
 def _make_trainable(sweep: Sweep):
+    settings = sweep.space.sweep
+
     def run_trial(sample: dict[str, Any]) -> None:
         cfg = trial_config(sweep, sample, tune.get_context().get_trial_name())
-        build_trainer(cfg, callbacks=[TuneReportCallback()]).fit()
+        run_dir = run_path(normalize_storage_path(cfg.run.storage_path), cfg.run.name)
+        # A trial re-run after its training had finished (e.g. the sweep's driver died before
+        # Tune recorded it) resumes at the end and reports nothing new: report its result here.
+        already_trained = finished_step(run_dir) >= total_steps_of(cfg)
+        callback = SweepReportCallback(settings.metric, run_dir, cfg, score=settings.scores_closed_loop)
+        result = build_trainer(cfg, callbacks=[callback]).fit()
+        if already_trained and result.checkpoint is not None:
+            final = {**result.metrics, CHECKPOINT_PATH_KEY: result.checkpoint.path}
+            if settings.scores_closed_loop:
+                final.update(score_checkpoint(result.checkpoint, run_dir, cfg))
+            tune.report(final)
 
     return run_trial
 
@@ -103,7 +141,7 @@ def build_tuner(sweep: Sweep) -> tune.Tuner:
     """A new ``Tuner``, or the restored one when the sweep folder holds an interrupted sweep."""
     settings = sweep.space.sweep
     base_cfg = resolve_config(sweep.base)
-    need = trial_resources(base_cfg.train)
+    need = trial_resources(base_cfg.train, settings.scores_closed_loop)
     if settings.wait_for_autoscaler:
         concurrency = settings.max_concurrent_trials
     else:
@@ -140,13 +178,14 @@ def build_tuner(sweep: Sweep) -> tune.Tuner:
 def make_sweep(name: str, space: SearchSpace, base_cfg: Config) -> Sweep:
     """The sweep ``name`` under ``run.storage_path`` (the demo dataset generated if asked for)."""
     base_cfg = with_demo_data(base_cfg)
+    check_run_length(space.sweep, base_cfg, total_steps_of(base_cfg))
     storage = normalize_storage_path(base_cfg.run.storage_path)
     return Sweep(name=name, directory=f"{storage.rstrip('/')}/{name}", space=space, base=base_cfg.to_dict())
 
 
 def run_sweep(sweep: Sweep) -> tune.ResultGrid:
     """Run (or resume) the sweep to the end; the caller writes the report."""
-    ensure_ray()
+    start_ray(trial_resources(resolve_config(sweep.base).train, sweep.space.sweep.scores_closed_loop))
     if PRESET_KEY in {p.key for p in sweep.space.params}:
         log.info("presets: %s", ", ".join(sweep.space.presets))
     return build_tuner(sweep).fit()

@@ -1,0 +1,100 @@
+"""Evaluate a training checkpoint (not an export): what evaluation during training and the
+closed-loop score of sweep trials run, as one Ray task beside the training workers.
+
+The sharded DCP checkpoint is loaded into a single unsharded model (DCP reshards on load),
+wrapped in the same ``Policy`` an export gives, and measured:
+- closed loop: ``train.eval.episodes`` episodes on the built-in simulator (vla.sim), in lockstep;
+- offline: the first ``train.eval.offline_batches`` batches of the validation split;
+- CALVIN's long-horizon protocol when ``train.eval.calvin_dataset`` is set and calvin_env is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from pathlib import Path
+
+import ray.train
+import torch
+import torch.distributed.checkpoint as dcp
+
+from vla.config import Config, resolve_config
+from vla.data.stats import ActionNormalizer
+from vla.data.transforms import Tokenize
+from vla.eval.calvin import calvin_available, evaluate_calvin
+from vla.eval.evaluate import sim_config
+from vla.eval.offline import evaluate_offline_local
+from vla.eval.rollout import evaluation_seeds, run_episodes, summarize
+from vla.eval.settings import EvalConfig
+from vla.model import VLAModel, build_model, build_tokenizer
+from vla.model.export import NORMALIZATION_FILE
+from vla.policy.policy import Policy, Preprocessor
+from vla.train.checkpoint import read_train_state
+from vla.train.storage import read_bytes
+
+log = logging.getLogger("vla.eval")
+
+SUCCESS_METRIC = "eval_success_rate"  # the closed-loop success rate, as reported and swept on
+
+
+def load_checkpoint_model(checkpoint_dir: Path, run: Config) -> VLAModel:
+    """The model of ``run`` with the weights of a (sharded, any world size) training checkpoint."""
+    read_train_state(checkpoint_dir)  # refuses an incomplete checkpoint
+    model = build_model(run.model)
+    state = {"model": model.state_dict()}
+    with warnings.catch_warnings():  # one process reading every rank's shards is the intent here
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=str(checkpoint_dir), no_dist=True)
+    model.load_state_dict(state["model"])
+    return model
+
+
+def policy_from_checkpoint(checkpoint_dir: Path, run: Config, normalization: dict, device: str = "cpu") -> Policy:
+    """A ``Policy`` (as ``Policy.load`` builds from an export) over a training checkpoint."""
+    model = load_checkpoint_model(checkpoint_dir, run)
+    target = torch.device(device)
+    model.to(device=target, dtype=torch.bfloat16 if target.type == "cuda" else torch.float32)
+    model.head.float()
+    tokenize = Tokenize(build_tokenizer(run.model), run.data.max_text_len)
+    preprocessor = Preprocessor(run.data.cameras, model.image_size, tokenize)
+    return Policy(model.eval(), ActionNormalizer.from_dict(normalization), preprocessor, target)
+
+
+def closed_loop_metrics(policy: Policy, run: Config, settings: EvalConfig) -> dict[str, float]:
+    summary = summarize(run_episodes(policy, evaluation_seeds(settings.episodes, settings.seed), sim_config(run)))
+    low, high = summary["success_ci95"]
+    return {SUCCESS_METRIC: summary["success_rate"], "eval_success_ci_low": low, "eval_success_ci_high": high,
+            "eval_episodes": summary["episodes"], "eval_mean_steps": summary["mean_steps"]}
+
+
+def evaluate_checkpoint(checkpoint: ray.train.Checkpoint, run_dir: str, run_dict: dict, *, offline: bool = True,
+                        calvin: bool = True) -> dict[str, float]:
+    """Every evaluation ``train.eval`` asks for, of a reported training checkpoint (local or on
+    object storage) of the run in ``run_dir``; metrics named ``eval_*``."""
+    start = time.perf_counter()
+    torch.set_num_threads(1)
+    run = resolve_config(run_dict)
+    settings = run.train.eval
+    normalization = json.loads(read_bytes(f"{run_dir}/{NORMALIZATION_FILE}"))
+    device = "cuda" if settings.gpus > 0 and torch.cuda.is_available() else "cpu"
+    with checkpoint.as_directory() as local:
+        policy = policy_from_checkpoint(Path(local), run, normalization, device)
+    metrics: dict[str, float] = {}
+    if settings.episodes:
+        metrics.update(closed_loop_metrics(policy, run, settings))
+    if offline and settings.offline_batches:
+        result = evaluate_offline_local(policy, run, run.data.val_split, batch_size=run.data.batch_size,
+                                        max_batches=settings.offline_batches)
+        metrics.update({f"eval_offline_{key}": result[key]
+                        for key in ("loss", "loss_arm", "loss_gripper", "pose_error", "gripper_accuracy")})
+    if calvin and settings.calvin_dataset:
+        if calvin_available():
+            result = evaluate_calvin(policy, settings.calvin_dataset, chains=settings.calvin_chains)
+            metrics["eval_calvin_average_length"] = result["average_length"]
+            metrics.update({f"eval_calvin_success_{k + 1}": rate for k, rate in enumerate(result["success_rates"])})
+        else:
+            log.info("train.eval.calvin_dataset is set but calvin_env is not installed: CALVIN skipped")
+    metrics["eval_duration_s"] = time.perf_counter() - start
+    return metrics
