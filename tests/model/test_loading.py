@@ -12,9 +12,9 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 from vla.configuration import ConfigError
-from vla.model import ModelConfig, build_model, build_sharded_model, pretrained_loader, training_weights_dtype
+from vla.model import ModelConfig, build_model, build_sharded_model, pretrained_loader
 from vla.train.config import TrainConfig
-from vla.train.parallelize import param_dtype_for
+from vla.train.parallelize import weights_dtype_for
 from vla.train.step import build_trainer
 
 from published import FAMILIES, build_published_folder
@@ -36,8 +36,8 @@ def check_rank(rank: int, store: str, folders: dict[str, str]) -> None:
     """What a training worker does (vla.train.loop.build_run), then checks this rank's shards."""
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     cpu = torch.device("cpu")
-    train_cfg = TrainConfig(precision="bf16")
-    dtype = training_weights_dtype(param_dtype_for(train_cfg, cpu))
+    train_cfg = TrainConfig(precision="bf16", weights="bf16")  # the memory-lean mode
+    dtype = weights_dtype_for(train_cfg)
     try:
         for family, folder in folders.items():
             options = {"lora_rank": 2} if family == "llava" else {}  # adapters built on meta, initialized as peft does

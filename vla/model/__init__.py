@@ -23,7 +23,6 @@ _EXPORTS = {
     "build_model": "vla.model.vla_model",
     "build_sharded_model": "vla.model.loading",
     "pretrained_loader": "vla.model.loading",
-    "training_weights_dtype": "vla.model.loading",
     "run_image_size": "vla.model.backbones",
 }
 

@@ -56,12 +56,6 @@ def build_sharded_model(
     return model
 
 
-def training_weights_dtype(compute_dtype: torch.dtype) -> torch.dtype:
-    """What a training worker holds the weights in: bf16 when it computes in bf16 (no fp32 copy
-    anywhere), else fp32 (fp16 compute keeps fp32 weights: its gradient scaler needs them)."""
-    return torch.bfloat16 if compute_dtype == torch.bfloat16 else torch.float32
-
-
 def pretrained_loader(model: VLAModel) -> Callable[[torch.device], None]:
     """Call on a model built with ``backbone_on_meta`` before sharding it; call what it returns after.
 

@@ -40,9 +40,13 @@ class TrainConfig:
     use_gpu: bool = False
     cpus_per_worker: float = 0.5  # < 1 on small nodes so Ray Data tasks keep a CPU
     # Compute precision of the sharded blocks: auto = bf16 on GPU, fp32 on CPU; fp16 adds
-    # gradient scaling (GPUs without bf16, e.g. V100/T4). Master weights and gradient
-    # reduction stay fp32, the head computes in fp32.
+    # gradient scaling (GPUs without bf16, e.g. V100/T4). Gradient reduction stays fp32, the
+    # head computes in fp32.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # The sharded weights the optimizer updates: fp32 master weights, or bf16 (half the memory
+    # of weights and optimizer state, but AdamW steps smaller than half a bf16 step are lost:
+    # at lr 2e-5 most of them; only for models whose fp32 shards do not fit, with bf16 compute).
+    weights: Literal["fp32", "bf16"] = "fp32"
     activation_checkpointing: bool = False  # recompute every vision and LM block in backward
     compile: Literal["auto", True, False] = "auto"  # torch.compile each block; auto = on CUDA only
     hsdp_replicas: int = 1  # > 1: replicate across this many groups (nodes), shard within
@@ -81,6 +85,8 @@ class TrainConfig:
         check(self.keep_checkpoints >= 1, "keep_checkpoints", "must be >= 1")
         check(self.num_workers >= 1, "num_workers", "must be >= 1")
         check(self.cpus_per_worker > 0, "cpus_per_worker", "must be > 0")
+        check(self.weights == "fp32" or self.precision in ("auto", "bf16"), "weights",
+              "bf16 weights need bf16 compute (train.precision auto or bf16)")
         check(self.hsdp_replicas >= 1, "hsdp_replicas", "must be >= 1")
         check(
             self.num_workers % self.hsdp_replicas == 0,

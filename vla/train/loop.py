@@ -35,7 +35,7 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from vla.config import Config, resolve_config
 from vla.eval.during_training import CheckpointEvaluator
-from vla.model import build_model, count_parameters, pretrained_loader, save_export, training_weights_dtype
+from vla.model import build_model, count_parameters, pretrained_loader, save_export
 from vla.train.checkpoint import (
     TrainState,
     choose_resume_checkpoint,
@@ -44,7 +44,7 @@ from vla.train.checkpoint import (
     state_fingerprint,
 )
 from vla.train.faults import maybe_kill_after_checkpoint
-from vla.train.parallelize import param_dtype_for, reshard
+from vla.train.parallelize import reshard, weights_dtype_for
 from vla.train.progress import MetricSums, RunLogger
 from vla.train.step import Batch, Trainer, build_trainer, forward_loss, to_device, train_step
 from vla.train.storage import exists, is_uri, upload, write_bytes
@@ -219,7 +219,7 @@ def build_run(cfg: Config, run_dir: str, total_steps: int, rank: int, world_size
     device = torch.device("cuda", torch.cuda.current_device()) if tcfg.use_gpu else torch.device("cpu")
     seed_everything(tcfg.seed)
     # A pretrained backbone is built on meta and each rank reads its shards once parallelized (vla.model.loading).
-    model = build_model(cfg.model, dtype=training_weights_dtype(param_dtype_for(tcfg, device)),
+    model = build_model(cfg.model, dtype=weights_dtype_for(tcfg),
                         backbone_on_meta=cfg.model.pretrained_path is not None)
     load_pretrained = pretrained_loader(model)
     trainable, total = count_parameters(model)

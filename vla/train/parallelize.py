@@ -39,6 +39,11 @@ def param_dtype_for(train_cfg: TrainConfig, device: torch.device) -> torch.dtype
     return PRECISIONS[train_cfg.precision]
 
 
+def weights_dtype_for(train_cfg: TrainConfig) -> torch.dtype:
+    """The dtype of the sharded weights the optimizer updates (``train.weights``)."""
+    return PRECISIONS[train_cfg.weights]
+
+
 def compile_enabled(train_cfg: TrainConfig, device: torch.device) -> bool:
     """``train.compile``, with auto resolved: on for CUDA, off on CPU."""
     return device.type == "cuda" if train_cfg.compile == "auto" else bool(train_cfg.compile)
