@@ -138,7 +138,7 @@ def read_episode(reader, *address) -> dict:
 def decode_task():
     import ray
 
-    return ray.remote(num_cpus=1)(read_episode)
+    return ray.remote(num_cpus=1, scheduling_strategy="DEFAULT")(read_episode)  # not in a Tune trial's bundles
 
 
 @dataclass
