@@ -220,9 +220,9 @@ def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = (), checked: 
 
 def run_training(cfg: Config) -> TrainingResult:
     """Train ``cfg`` to the end (or resume it there) and say where everything went."""
+    check_storage(cfg.data.path, "data.path")  # empty for the demo, whose data is local
     check_storage(cfg.run.storage_path, "run.storage_path", writable=True)
     cfg = with_demo_data(cfg)
-    check_storage(cfg.data.path, "data.path")
     checked = check_run(cfg)
     ensure_ray()
     trainer = build_trainer(cfg, checked=checked)
