@@ -80,10 +80,6 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s", problem)
         log.info("%s: %s", args.root, f"{len(problems)} problem(s)" if problems else "OK")
         return 1 if problems else 0
-    if args.parallel > 1:
-        import ray
-
-        ray.init(log_to_driver=False)
     shard_bytes = args.max_shard_mb << 20
     try:
         if args.command == "synthetic":

@@ -97,6 +97,16 @@ def test_loading_a_corrupt_shard_names_the_checkpoint_and_step(run_dir):
         load_checkpoint(folder, *training_state(0))
 
 
+def test_loading_into_another_model_names_the_key_that_differs(run_dir):
+    torch.manual_seed(0)
+    other = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))  # keys 0 and 2
+    optimizer = torch.optim.AdamW(other.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    with pytest.raises(CheckpointError, match=r"\(step 20\) cannot be loaded: RuntimeError: Missing key in checkpoint "
+                                              r"state_dict: model\.2\.weight.*model config changed"):
+        load_checkpoint(run_dir / "checkpoint_step0000020", other, optimizer, scheduler)
+
+
 def test_a_restored_state_equals_the_saved_one(run_dir):
     model, optimizer, scheduler = training_state(0)
     state = load_checkpoint(run_dir / "checkpoint_step0000020", model, optimizer, scheduler)

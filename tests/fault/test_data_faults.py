@@ -57,10 +57,11 @@ def prepare(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           text=True, env=ENV, timeout=timeout)
 
 
-def test_an_invalid_argument_leaves_the_dataset_untouched(dataset):
+@pytest.mark.parametrize("parallel", [[], ["--parallel", "2"]], ids=["in-process", "parallel"])
+def test_an_invalid_argument_leaves_the_dataset_untouched(dataset, parallel):
     before = files(dataset)
-    result = prepare("synthetic", str(dataset), "--episodes", "-5")
-    assert result.returncode == 1 and "Traceback" not in result.stderr
+    result = prepare("synthetic", str(dataset), "--episodes", "-5", *parallel)
+    assert result.returncode == 1 and "Traceback" not in result.stderr  # and no Ray started to say so
     assert result.stderr.strip() == "episodes: must be >= 1, got -5"
     assert files(dataset) == before
 

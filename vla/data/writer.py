@@ -351,6 +351,8 @@ def write_dataset(
 
     import ray
 
+    if not ray.is_initialized():  # only now, once every argument has been checked
+        ray.init(log_to_driver=False)
     staging = root if is_uri(root) else staging_folder(root)
     fs, path = open_root(staging)
     try:

@@ -252,6 +252,16 @@ def set_aside_stale_ray_snapshot(run_dir: str) -> str | None:
     return stale
 
 
+def _cause(err: BaseException) -> str:
+    """The first rank's own exception inside DCP's ``CheckpointException`` (which names only the ranks)."""
+    failures = getattr(err, "failures", None)
+    if failures:
+        failure = next(iter(failures.values()))
+        err = failure[0] if isinstance(failure, tuple) else failure
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 def load_checkpoint(
     directory: Path,
     model: torch.nn.Module,
@@ -268,8 +278,9 @@ def load_checkpoint(
         dcp.load(sharded, checkpoint_id=str(directory))
     except (CheckpointException, Exception) as err:  # DCP gathers every rank's failure (a BaseException)
         raise CheckpointError(
-            f"checkpoint {directory} (step {record['train_state']['step']}) cannot be loaded: "
-            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            f"checkpoint {directory} (step {record['train_state']['step']}) cannot be loaded: {_cause(err)} "
+            "(a missing or unexpected key means the run's model config changed since it was saved: "
+            "compare config.yaml with the run's config.attempt*.yaml)"
         ) from err
     set_model_state_dict(model, sharded["model"])
     set_optimizer_state_dict(model, optimizer, sharded["optimizer"])
