@@ -16,7 +16,7 @@ precision), the configured AdamW, clipping, the schedule, on-device metrics. Bar
 same model on the device, no FSDP, autocast, ``torch.optim.AdamW`` with its defaults.
 
 Printed: time per step, frames/s, model FLOPs utilization (forward + backward FLOPs counted by
-``FlopCounterMode`` on one uncompiled bare step, over the step time and the device's dense
+``FlopCounterMode`` on one uncompiled bare step with eager attention, over the step time and the device's dense
 peak, stated), and peak memory. Ray and ``vla.data`` are never imported, so this runs on a GPU
 machine without Ray; ``benchmarks/train_throughput.py`` times the Ray Train + Ray Data path.
 """
@@ -24,6 +24,7 @@ machine without Ray; ``benchmarks/train_throughput.py`` times the Ray Train + Ra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -37,12 +38,13 @@ import torch
 import torch.distributed as dist
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
+from transformers import PretrainedConfig
 
 from vla.configuration import from_dict, parse_override
 from vla.model import BACKBONES, build_model
 from vla.model.config import ModelConfig
 from vla.train.config import TrainConfig
-from vla.train.parallelize import compile_enabled, param_dtype_for
+from vla.train.parallelize import compile_enabled, param_dtype_for, weights_dtype_for
 from vla.train.schedule import optimizer_choice
 from vla.train.step import Batch, build_trainer, train_step
 
@@ -67,6 +69,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--precision", default="auto", help="train.precision: auto, fp32, bf16, fp16")
     parser.add_argument("--compile", default="auto", help="train.compile: auto, true, false")
     parser.add_argument("--optimizer", default="auto", help="train.optimizer: auto, adamw_fused, adamw_foreach, adamw")
+    parser.add_argument("--weights", default="fp32", help="train.weights: fp32 master weights, or bf16 (half the memory)")
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense peak if not in the table")
     parser.add_argument("--skip-bare", action="store_true", help="time only the platform step")
@@ -154,12 +157,29 @@ def time_steps(step: Callable[[], None], args: argparse.Namespace, device: torch
     return (time.perf_counter() - start) / args.steps, peak_memory_gib(device)
 
 
-def build(args: argparse.Namespace, device: torch.device) -> tuple[torch.nn.Module, ModelConfig]:
+def build(
+    args: argparse.Namespace, device: torch.device, dtype: torch.dtype = torch.float32
+) -> tuple[torch.nn.Module, ModelConfig]:
     model_cfg, hf_config = load_model_config(args)
     torch.manual_seed(0)
     with device:
-        model = build_model(model_cfg, hf_config=hf_config)
+        model = build_model(model_cfg, hf_config=hf_config, dtype=dtype)
     return model, model_cfg
+
+
+@contextlib.contextmanager
+def eager_attention(model: torch.nn.Module):
+    """Attention as explicit matmuls while inside: ``FlopCounterMode`` rejects (torch 2.11) or counts
+    as zero (torch 2.13) SDPA with fewer key/value heads than query heads, as in Gemma's."""
+    configs = {id(m.config): m.config for m in model.modules() if isinstance(getattr(m, "config", None), PretrainedConfig)}
+    saved = {key: config._attn_implementation for key, config in configs.items()}
+    for config in configs.values():
+        config._attn_implementation = "eager"
+    try:
+        yield
+    finally:
+        for key, config in configs.items():
+            config._attn_implementation = saved[key]
 
 
 def bare_loop(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
@@ -178,7 +198,7 @@ def bare_loop(args: argparse.Namespace, device: torch.device) -> dict[str, float
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    with FlopCounterMode(display=False) as counter:
+    with eager_attention(model), FlopCounterMode(display=False) as counter:
         step()
     step_time, peak = time_steps(step, args, device)
     del model, optimizer
@@ -187,12 +207,14 @@ def bare_loop(args: argparse.Namespace, device: torch.device) -> dict[str, float
 
 def platform_step(args: argparse.Namespace, device: torch.device) -> dict[str, float]:
     """``vla.train.step`` at world size 1: what one Ray Train worker runs."""
-    model, model_cfg = build(args, device)
-    overrides = [f"precision={args.precision}", f"compile={args.compile}", f"optimizer={args.optimizer}"]
+    overrides = [
+        f"precision={args.precision}", f"compile={args.compile}", f"optimizer={args.optimizer}", f"weights={args.weights}"
+    ]
     train_cfg = from_dict(
         TrainConfig,
         {**dict(parse_override(o) for o in overrides), "lr": 1e-5, "activation_checkpointing": args.activation_checkpointing},
     )
+    model, model_cfg = build(args, device, weights_dtype_for(train_cfg))
     trainer = build_trainer(
         model, train_cfg, device, 1, total_steps=args.warmup + args.steps, text_len=args.text_len
     )
@@ -210,7 +232,7 @@ def platform_step(args: argparse.Namespace, device: torch.device) -> dict[str, f
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "settings": f"{train_cfg.precision} -> {param_dtype_for(train_cfg, device)}, "
         f"compile {compile_enabled(train_cfg, device)}, {optimizer_choice(train_cfg, device)}, "
-        f"activation checkpointing {train_cfg.activation_checkpointing}",
+        f"activation checkpointing {train_cfg.activation_checkpointing}, {train_cfg.weights} weights",
     }
 
 
