@@ -4,6 +4,7 @@ itself import without Ray or ``vla.data``."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,29 @@ def test_tokens_per_frame_is_the_sequence_length_the_lm_runs(backbone):
         model(torch.randint(0, 256, (1, 2, 2, 3, 32, 32), dtype=torch.uint8), ids, torch.ones_like(ids))
     assert seen and set(seen) == {lm_tokens_per_frame(model, text_len=7)}
     assert seen[0] > 2 * 7  # vision tokens of both views are in it, not only the instruction
+
+
+def test_gpu_step_counts_the_attention_of_grouped_kv_heads():
+    """The benchmark's MFU counts Gemma's attention (1 KV head for 4 query heads): with SDPA,
+    ``FlopCounterMode`` raised on torch 2.11 and counted it as zero on 2.13."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.gpu_step import PUBLISHED, eager_attention, shrink
+    from vla.model import BACKBONES
+    from vla.train.progress import lm_tokens_per_frame
+
+    config = shrink(json.loads((PUBLISHED / "paligemma" / "config.json").read_text()))
+    config["text_config"]["num_attention_heads"] = 4
+    text = config["text_config"]
+    assert text["num_key_value_heads"] < text["num_attention_heads"]
+    hf_config = BACKBONES["paligemma"].hf_model_class.config_class.from_dict(config)
+    model = build_model(ModelConfig(backbone="paligemma"), hf_config=hf_config)
+    ids = torch.randint(3, 100, (1, 8))
+    images = torch.randint(0, 256, (1, 1, 2, 3, model.image_size, model.image_size), dtype=torch.uint8)
+    with eager_attention(model), FlopCounterMode(display=False) as counter:
+        model(images, ids, torch.ones_like(ids))
+    attention = counter.get_flop_counts()["VLAModel.backbone.model.language_model.layers.0.self_attn"]
+    seq = lm_tokens_per_frame(model, text_len=8)
+    # Q K^T and the weighted sum over V: 2 x (2 * heads * seq^2 * head_dim) per frame.
+    assert attention[torch.ops.aten.bmm] == 4 * text["num_attention_heads"] * seq**2 * text["head_dim"]
+    assert all(config._attn_implementation == "sdpa" for config in (hf_config, hf_config.text_config))
