@@ -25,6 +25,7 @@ written as Parquet episodes, PNG or JPEG. Printed:
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import tempfile
@@ -37,9 +38,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from vla.data import DataConfig, Episode, EpisodeWriter, build_window_stream, load_metadata
-from vla.data.episodes import decode_image, encode_image
-from vla.data.pipeline import episode_to_windows, load_tokenizer, split_files
+from vla.data.pipeline import episode_to_windows, frame_margin, load_tokenizer, split_files
 from vla.data.plan import batch_diversity, ideal_diversity
+from vla.data.transforms import episode_frames, put_frame
 from vla.model.tokenizer import build_tiny_tokenizer
 
 SHAPES = {  # stored px, decoded px, T, N, per-worker batch, shift static / wrist, steps per episode
@@ -138,16 +139,30 @@ def lerobot_rates(work: str, episodes: int, steps: int, size: int, out_size: int
 
 
 def decode_rate(root: str, size: int, seconds: float = 3.0) -> float:
-    """Frames/s of one core decoding (and resizing) the stored frames of the first shard."""
+    """The decode bound: frames/s of one core turning the stored frames of the first shard into
+    pixels the cheapest way the pipeline knows (PIL decode, resize, each pixel written once into
+    a preallocated array: ``put_frame``), and nothing else (no Parquet read, checks, margin, Ray)."""
     meta = load_metadata(root)
     frames = pq.read_table(f"{root}/{meta.splits['train'].shards[0].file}",
-                           columns=["image_static"])["image_static"].combine_chunks().flatten().to_pylist()
+                           columns=["image_static"])["image_static"].combine_chunks().flatten().to_pylist()[:64]
+    pixels = episode_frames(len(frames), 1, size, 0)
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        for data in frames[:64]:
-            decode_image(data, size)
-        count += len(frames[:64])
+        for step, data in enumerate(frames):
+            with Image.open(io.BytesIO(data)) as img:
+                put_frame(pixels, step, 0, img, 0)
+        count += len(frames)
     return count / (time.perf_counter() - start)
+
+
+def decode_task_rate(stream) -> float:
+    """Frames/s of one core running the decode task's body (read the episode's Parquet row, check
+    it, decode every frame with its margin, normalize the actions) over the split's episodes."""
+    start = time.perf_counter()
+    for address in stream.index.addresses[:16]:
+        stream.reader(*address)
+    frames = len(stream.data_cfg.cameras) * int(stream.index.num_steps[:16].sum())
+    return frames / (time.perf_counter() - start)
 
 
 def plain_loop(cfg: DataConfig, shape: dict, tokenizer_dir: str) -> int:
@@ -229,9 +244,14 @@ def main() -> None:
 
     rate = decode_rate(cfg.path, shape["out_size"])
     bound = rate / views
-    print(f"decode bound, one core    : {rate:8.0f} frames/s -> {bound:.0f} windows/s per core")
+    print(f"decode bound, one core    : {rate:8.0f} frames/s -> {bound:.0f} windows/s per core "
+          f"(stride 1: {views} new frames per window)")
+    task = decode_task_rate(stream)
+    print(f"decode task, one core     : {task:8.0f} frames/s ({task / rate:.2f} x the bound: Parquet read, checks, "
+          f"margin, normalization)")
     assembly = assembly_rate(stream)
-    print(f"batch assembly, one core  : {assembly:8.0f} windows/s (cutting, shifting, copying decoded frames)")
+    print(f"batch assembly, one core  : {assembly:8.0f} windows/s (cutting, shifting, copying decoded frames; "
+          f"{bound / assembly:.2f} of a window's decode time)")
     plain_n, plain_s = timed(plain_loop, cfg, shape, f"{work}/tok")
     print(f"plain single-process loop : {plain_n / plain_s:8.0f} windows/s ({plain_n} windows, {plain_s:.1f} s; "
           f"{plain_n / plain_s / bound:.2f} x the one-core bound)")
@@ -242,15 +262,21 @@ def main() -> None:
     memory = PeakRSS()
     ray_n, ray_s = timed(lambda: sum(len(b["actions"]) for b in stream.batches(epoch=0)))
     peak = memory.stop()
+    per_core = ray_n / ray_s / args.num_cpus
     print(f"Ray stream ({args.num_cpus} CPUs)       : {ray_n / ray_s:8.0f} windows/s ({ray_n} windows, {ray_s:.1f} s; "
-          f"{ray_n / ray_s / (args.num_cpus * bound):.2f} x {args.num_cpus} cores' bound, "
           f"{ray_n / ray_s / (plain_n / plain_s):.2f} x the plain loop)")
+    print(f"  per core used           : {per_core:8.0f} windows/s = {per_core / bound:.2f} x the one-core decode bound "
+          f"({args.num_cpus} cores: decode tasks and this consumer's batch assembly)")
+    print(f"  for a GPU step          : {ray_n / ray_s / cfg.batch_size:8.1f} batches of {cfg.batch_size} per second; "
+          f"ready ahead: {cfg.prefetch_batches} assembled batches (data.prefetch_batches), "
+          f"{cfg.decode_ahead} episodes decoding (data.decode_ahead)")
 
-    episode_mb = shape["steps"] * views * 3 * shape["out_size"] ** 2 / 2**20
+    margin = frame_margin(cfg, train=True)
+    episode_mb = shape["steps"] * views * 3 * (shape["out_size"] + 2 * margin) ** 2 / 2**20
     batch_mb = shape["batch_size"] * shape["window"] * views * 3 * shape["out_size"] ** 2 / 2**20
     limit = (cfg.open_episodes + cfg.decode_ahead) * episode_mb + (cfg.prefetch_batches + 1) * batch_mb
     print(f"peak memory, worker       : {peak:8.0f} MB above baseline (bound {limit:.0f} MB = "
-          f"({cfg.open_episodes} + {cfg.decode_ahead}) x {episode_mb:.1f} MB episodes + "
+          f"({cfg.open_episodes} + {cfg.decode_ahead}) x {episode_mb:.1f} MB episodes (with a {margin} px margin) + "
           f"{cfg.prefetch_batches + 1} x {batch_mb:.1f} MB batches)")
 
     ideal = ideal_diversity(stream.index, cfg.stride, cfg.batch_size)

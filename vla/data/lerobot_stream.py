@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from vla.data.config import DataConfig
 from vla.data.converters.lerobot import (
@@ -36,12 +37,11 @@ from vla.data.converters.lerobot import (
     read_episode,
     read_tasks,
 )
-from vla.data.episodes import resize_image
 from vla.data.metadata import GRIPPER_DIM, DataError
-from vla.data.pipeline import WindowStream, load_tokenizer, window_batcher
+from vla.data.pipeline import WindowStream, frame_margin, load_tokenizer, window_batcher
 from vla.data.plan import EpisodeIndex
 from vla.data.stats import ActionNormalizer, action_stats
-from vla.data.transforms import Tokenize
+from vla.data.transforms import Tokenize, episode_frames, put_frame, replicate_margin
 
 
 @dataclass
@@ -52,12 +52,16 @@ class LeRobotEpisodes:
     cameras: list[str]  # our camera names, in batch order
     image_size: int
     normalizer: ActionNormalizer
+    margin: int = 0  # replicated edge pixels around each frame (``frame_margin``)
 
     def __call__(self, ref: EpisodeRef) -> dict:
         episode = read_episode(self.source, ref, read_data_file(self.source, ref.data_file))
-        images = np.stack([np.stack([resize_image(f, self.image_size) for f in episode.images[camera]])
-                           for camera in self.cameras], axis=1)  # [S, V, H, W, 3]
-        return {"images": np.ascontiguousarray(images.transpose(0, 1, 4, 2, 3)),
+        images = episode_frames(len(episode.actions), len(self.cameras), self.image_size, self.margin)
+        for view, camera in enumerate(self.cameras):
+            for step, frame in enumerate(episode.images[camera]):
+                put_frame(images, step, view, Image.fromarray(frame), self.margin)
+        replicate_margin(images, self.margin)
+        return {"images": images,
                 "actions": self.normalizer.normalize(episode.actions.astype(np.float32)).astype(np.float32),
                 "instruction": episode.instruction}
 
@@ -107,7 +111,7 @@ def build_lerobot_stream(folder: str, data_cfg: DataConfig, split: str, *, windo
         split=split,
         index=EpisodeIndex(np.asarray([r.index for r in refs], np.int64), np.asarray([r.length for r in refs], np.int64),
                            [(r,) for r in refs]),
-        reader=LeRobotEpisodes(source, list(data_cfg.cameras), image_size, normalizer),
+        reader=LeRobotEpisodes(source, list(data_cfg.cameras), image_size, normalizer, frame_margin(data_cfg, train)),
         tokenize=Tokenize(load_tokenizer(tokenizer_dir), data_cfg.max_text_len),
         batcher=window_batcher(data_cfg, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n, train=train),
         train=train,
