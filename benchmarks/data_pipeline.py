@@ -6,12 +6,19 @@
 Synthetic camera-like episodes (a smooth random field that drifts, plus sensor noise; not the
 flat renders of the built-in simulator, which compress and decode unrealistically fast) are
 written as Parquet episodes, PNG or JPEG. Printed:
-- the decode bound: frames/s of one core decoding (and resizing) the stored frames, so
-  ``frames/s / views`` windows/s per core (stride 1: one window per step, each frame decoded once);
+- the decode bound: frames/s of one core turning stored frames into pixels the cheapest way the
+  pipeline knows (PIL decode and resize, each pixel written once: ``put_frame``) and nothing
+  else, so ``frames/s / views`` windows/s per core (stride 1: each window brings one step's
+  frames, each frame decoded once);
+- the decode task's rate on one core (Parquet read, checks, the shift margin, normalization);
 - the batch assembly rate: windows/s of one core cutting windows out of decoded episodes into
-  the batch (with the shift), the other cost every window pays;
+  the batch (with the shift), the other cost every window pays, and the ceiling per core that
+  the two costs leave;
 - the plain single-process loop (same transforms, no Ray) and the Ray stream, consumed here as
-  a training worker consumes it; the stream's ratio to ``num_cpus x`` the per-core bound;
+  a training worker consumes it: windows/s, windows/s per core used (``--num-cpus``: the decode
+  tasks run on them, and so does this consumer's batch assembly on a 2-core machine) against
+  the one-core bound, and batches/s with how far ahead the stream works (what a GPU step
+  would draw from);
 - peak memory of the consuming worker (RSS above its level before the timed epoch; the decoded
   episodes it holds are mapped from the object store and count here) against the bound
   ``(open_episodes + decode_ahead) x episode + (prefetch_batches + 1) x batch``;
@@ -121,12 +128,12 @@ def write_lerobot_v3(root: str, episodes: int, steps: int, size: int, fps: int =
 def lerobot_rates(work: str, episodes: int, steps: int, size: int, out_size: int) -> None:
     """One core: frames/s of the video decode tasks against the converted per-frame Parquet path."""
     from vla.data.converters.lerobot import convert_lerobot
-    from vla.data.lerobot_stream import build_lerobot_stream
 
     write_lerobot_v3(f"{work}/lerobot", episodes, steps, size)
     convert_lerobot(f"{work}/lerobot", f"{work}/lerobot-parquet", val_episodes=0, image_encoding="jpeg")
     shape = dict(window_size=1, fwd_pred_next_n=1, image_size=out_size, tokenizer_dir=f"{work}/tok", train=False)
-    video = build_lerobot_stream(f"{work}/lerobot", DataConfig(), "train", val_episodes=0, **shape)
+    video = build_window_stream(DataConfig(path=f"{work}/lerobot", format="lerobot", lerobot_val_fraction=0), "train",
+                                **shape)
     parquet = build_window_stream(DataConfig(path=f"{work}/lerobot-parquet"), "train", **shape)
     for name, stream in (("LeRobot h264 video", video), ("Parquet JPEG frames", parquet)):
         start = time.perf_counter()
@@ -166,14 +173,20 @@ def decode_task_rate(stream) -> float:
 
 
 def plain_loop(cfg: DataConfig, shape: dict, tokenizer_dir: str) -> int:
-    """Every window of every episode through the same transforms, in this process."""
+    """Every window of every episode through the same transforms, in this process, a batch at a time."""
     meta = load_metadata(cfg.path)
     chain = episode_to_windows(cfg, meta, window_size=shape["window"], fwd_pred_next_n=shape["fwd"],
                                image_size=shape["out_size"], tokenizer=load_tokenizer(tokenizer_dir), train=True)
     windows = 0
     for file in split_files(cfg.path, meta, "train", cfg.cameras):
-        for batch in pq.ParquetFile(file).iter_batches(batch_size=1):
-            windows += sum(len(w["actions"]) for w in chain.windows(batch))
+        for rows in pq.ParquetFile(file).iter_batches(batch_size=1):
+            for row in rows.to_pylist():
+                episode = chain.tokenize(chain.decode({**row, "path": file}))
+                starts = chain.batcher.cut.starts(len(episode["actions"])).tolist()
+                for begin in range(0, len(starts), cfg.batch_size):
+                    part = starts[begin:begin + cfg.batch_size]
+                    batch = chain.batcher([episode] * len(part), part, [row["episode_id"]] * len(part), 0)
+                    windows += len(batch["actions"])
     return windows
 
 
@@ -252,6 +265,9 @@ def main() -> None:
     assembly = assembly_rate(stream)
     print(f"batch assembly, one core  : {assembly:8.0f} windows/s (cutting, shifting, copying decoded frames; "
           f"{bound / assembly:.2f} of a window's decode time)")
+    ceiling = 1 / (bound / (task / views) + bound / assembly)
+    print(f"ceiling per core          : {ceiling:8.2f} x the bound (a core that decodes a window's frames in decode "
+          f"tasks and copies it into a batch, nothing else)")
     plain_n, plain_s = timed(plain_loop, cfg, shape, f"{work}/tok")
     print(f"plain single-process loop : {plain_n / plain_s:8.0f} windows/s ({plain_n} windows, {plain_s:.1f} s; "
           f"{plain_n / plain_s / bound:.2f} x the one-core bound)")

@@ -294,9 +294,29 @@ class WindowLog:
             f.write(json.dumps(record) + "\n")
 
 
+def check_dataset(data_cfg: DataConfig, splits: list[str]) -> ActionNormalizer:
+    """What a run checks on the driver before Ray starts (metadata, every shard's footer and
+    schema; for ``data.format: lerobot`` the folder's metadata, features, data files and videos),
+    raising ``DataError`` naming the file and field; returns the train split's action normalizer."""
+    if data_cfg.format == "lerobot":
+        from vla.data.lerobot_stream import check_lerobot  # it builds on this module
+
+        return check_lerobot(data_cfg, splits)
+    meta = load_metadata(data_cfg.path)
+    for split in splits:
+        split_files(data_cfg.path, meta, split, data_cfg.cameras)
+    return ActionNormalizer.from_metadata(meta, data_cfg)
+
+
 def build_window_stream(data_cfg: DataConfig, split: str, *, window_size: int, fwd_pred_next_n: int,
                         image_size: int, tokenizer_dir: str, train: bool) -> WindowStream:
-    """The stream of ``split``'s windows. Structural problems raise ``DataError`` here, before training."""
+    """The stream of ``split``'s windows (of Parquet episodes, or of a LeRobot folder with
+    ``data.format: lerobot``). Structural problems raise ``DataError`` here, before training."""
+    if data_cfg.format == "lerobot":
+        from vla.data.lerobot_stream import build_lerobot_stream  # it builds on this module
+
+        return build_lerobot_stream(data_cfg, split, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n,
+                                    image_size=image_size, tokenizer_dir=tokenizer_dir, train=train)
     meta = load_metadata(data_cfg.path)
     split_files(data_cfg.path, meta, split, data_cfg.cameras)
     return WindowStream(
