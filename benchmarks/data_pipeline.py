@@ -211,6 +211,22 @@ class PeakRSS:
         return (self.peak - self.baseline) / 2**20
 
 
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its children (the local Ray node: raylet, GCS,
+    the workers that run the decode tasks), alive or ended."""
+    processes = [psutil.Process(os.getpid())]
+    processes += processes[0].children(recursive=True)
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system + (times.children_user + times.children_system if process is processes[0]
+                                              else 0.0)
+    return total
+
+
 def assembly_rate(stream, episodes: int = 4) -> float:
     """Windows/s of one core cutting (and augmenting) batches from episodes already decoded."""
     decoded = [stream.tokenize(stream.reader(*address)) for address in stream.index.addresses[:episodes]]
@@ -275,14 +291,17 @@ def main() -> None:
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     for _, _ in zip(range(2), stream.batches(epoch=99)):  # warm up the Ray workers (imports), not timed
         pass
-    memory = PeakRSS()
+    memory, cpu = PeakRSS(), cpu_seconds()
     ray_n, ray_s = timed(lambda: sum(len(b["actions"]) for b in stream.batches(epoch=0)))
-    peak = memory.stop()
+    peak, busy = memory.stop(), cpu_seconds() - cpu
     per_core = ray_n / ray_s / args.num_cpus
     print(f"Ray stream ({args.num_cpus} CPUs)       : {ray_n / ray_s:8.0f} windows/s ({ray_n} windows, {ray_s:.1f} s; "
           f"{ray_n / ray_s / (plain_n / plain_s):.2f} x the plain loop)")
-    print(f"  per core used           : {per_core:8.0f} windows/s = {per_core / bound:.2f} x the one-core decode bound "
-          f"({args.num_cpus} cores: decode tasks and this consumer's batch assembly)")
+    print(f"  per CPU given to Ray    : {per_core:8.0f} windows/s = {per_core / bound:.2f} x the one-core decode bound "
+          f"(decode tasks, and this consumer's batch assembly beside them)")
+    print(f"  per core-second used    : {ray_n / busy:8.0f} windows/s = {ray_n / busy / bound:.2f} x the one-core decode "
+          f"bound ({busy:.1f} CPU-s of this process and its Ray processes in {ray_s:.1f} s: "
+          f"{busy / ray_s:.2f} cores busy)")
     print(f"  for a GPU step          : {ray_n / ray_s / cfg.batch_size:8.1f} batches of {cfg.batch_size} per second; "
           f"ready ahead: {cfg.prefetch_batches} assembled batches (data.prefetch_batches), "
           f"{cfg.decode_ahead} episodes decoding (data.decode_ahead)")
