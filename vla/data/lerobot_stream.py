@@ -58,7 +58,7 @@ class LeRobotEpisodes:
     margin: int = 0  # replicated edge pixels around each frame (``frame_margin``)
 
     def __call__(self, ref: EpisodeRef) -> dict:
-        episode = read_episode(self.source, ref, read_data_file(self.source, ref.data_file))
+        episode = read_episode(self.source, ref, read_data_file(self.source, ref.data_file, ref.index))
         images = episode_frames(len(episode.actions), len(self.cameras), self.image_size, self.margin)
         for view, camera in enumerate(self.cameras):
             for step, frame in enumerate(episode.images[camera]):
