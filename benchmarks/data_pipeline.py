@@ -14,6 +14,8 @@ written as Parquet episodes, PNG or JPEG. Printed:
 - the batch assembly rate: windows/s of one core cutting windows out of decoded episodes into
   the batch (with the shift), the other cost every window pays, and the ceiling per core that
   the two costs leave;
+- the CPU cost of putting one decoded episode into the object store (what each decode task's
+  result costs), and where the stream's CPU-seconds went;
 - the plain single-process loop (same transforms, no Ray) and the Ray stream, consumed here as
   a training worker consumes it: windows/s, windows/s per core used (``--num-cpus``: the decode
   tasks run on them, and so does this consumer's batch assembly on a 2-core machine) against
@@ -227,6 +229,18 @@ def cpu_seconds() -> float:
     return total
 
 
+def object_store_put_seconds(stream, episodes: int = 4) -> float:
+    """CPU seconds of ``ray.put`` of one decoded episode into the (fresh) object store."""
+    import ray
+
+    decoded = [stream.reader(*address) for address in stream.index.addresses[:episodes]]
+    start = time.process_time()
+    refs = [ray.put(episode) for episode in decoded]
+    seconds = (time.process_time() - start) / episodes
+    del refs
+    return seconds
+
+
 def assembly_rate(stream, episodes: int = 4) -> float:
     """Windows/s of one core cutting (and augmenting) batches from episodes already decoded."""
     decoded = [stream.tokenize(stream.reader(*address)) for address in stream.index.addresses[:episodes]]
@@ -289,6 +303,9 @@ def main() -> None:
           f"{plain_n / plain_s / bound:.2f} x the one-core bound)")
 
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    put = object_store_put_seconds(stream)
+    print(f"object store put, one core: {put * 1e3:8.1f} ms of CPU per decoded episode = "
+          f"{put / (stream.index.num_steps[0] * views / task):.2f} of its decode time (what a decode task's result costs)")
     for _, _ in zip(range(2), stream.batches(epoch=99)):  # warm up the Ray workers (imports), not timed
         pass
     memory, cpu = PeakRSS(), cpu_seconds()
@@ -302,6 +319,14 @@ def main() -> None:
     print(f"  per core-second used    : {ray_n / busy:8.0f} windows/s = {ray_n / busy / bound:.2f} x the one-core decode "
           f"bound ({busy:.1f} CPU-s of this process and its Ray processes in {ray_s:.1f} s: "
           f"{busy / ray_s:.2f} cores busy)")
+    rest = cpu_seconds()
+    time.sleep(3.0)
+    rest = (cpu_seconds() - rest) / 3.0
+    work = ray_n * (views / task + 1 / assembly)
+    print(f"  where the CPU-s went    : {work:8.1f} decoding and assembling (the one-core rates above), "
+          f"{rest * ray_s:.1f} the Ray node's background ({rest:.2f} cores at rest), "
+          f"{busy - work - rest * ray_s:.1f} the rest (object store puts: {put * len(stream.index.addresses):.1f}; "
+          f"task scheduling)")
     print(f"  for a GPU step          : {ray_n / ray_s / cfg.batch_size:8.1f} batches of {cfg.batch_size} per second; "
           f"ready ahead: {cfg.prefetch_batches} assembled batches (data.prefetch_batches), "
           f"{cfg.decode_ahead} episodes decoding (data.decode_ahead)")
