@@ -6,12 +6,21 @@
 Synthetic camera-like episodes (a smooth random field that drifts, plus sensor noise; not the
 flat renders of the built-in simulator, which compress and decode unrealistically fast) are
 written as Parquet episodes, PNG or JPEG. Printed:
-- the decode bound: frames/s of one core decoding (and resizing) the stored frames, so
-  ``frames/s / views`` windows/s per core (stride 1: one window per step, each frame decoded once);
+- the decode bound: frames/s of one core turning stored frames into pixels the cheapest way the
+  pipeline knows (PIL decode and resize, each pixel written once: ``put_frame``) and nothing
+  else, so ``frames/s / views`` windows/s per core (stride 1: each window brings one step's
+  frames, each frame decoded once);
+- the decode task's rate on one core (Parquet read, checks, the shift margin, normalization);
 - the batch assembly rate: windows/s of one core cutting windows out of decoded episodes into
-  the batch (with the shift), the other cost every window pays;
+  the batch (with the shift), the other cost every window pays, and the ceiling per core that
+  the two costs leave;
+- the CPU cost of putting one decoded episode into the object store (what each decode task's
+  result costs), and where the stream's CPU-seconds went;
 - the plain single-process loop (same transforms, no Ray) and the Ray stream, consumed here as
-  a training worker consumes it; the stream's ratio to ``num_cpus x`` the per-core bound;
+  a training worker consumes it: windows/s, windows/s per core used (``--num-cpus``: the decode
+  tasks run on them, and so does this consumer's batch assembly on a 2-core machine) against
+  the one-core bound, and batches/s with how far ahead the stream works (what a GPU step
+  would draw from);
 - peak memory of the consuming worker (RSS above its level before the timed epoch; the decoded
   episodes it holds are mapped from the object store and count here) against the bound
   ``(open_episodes + decode_ahead) x episode + (prefetch_batches + 1) x batch``;
@@ -25,6 +34,7 @@ written as Parquet episodes, PNG or JPEG. Printed:
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import tempfile
@@ -37,9 +47,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from vla.data import DataConfig, Episode, EpisodeWriter, build_window_stream, load_metadata
-from vla.data.episodes import decode_image, encode_image
-from vla.data.pipeline import episode_to_windows, load_tokenizer, split_files
+from vla.data.pipeline import episode_to_windows, frame_margin, load_tokenizer, split_files
 from vla.data.plan import batch_diversity, ideal_diversity
+from vla.data.transforms import episode_frames, put_frame
 from vla.model.tokenizer import build_tiny_tokenizer
 
 SHAPES = {  # stored px, decoded px, T, N, per-worker batch, shift static / wrist, steps per episode
@@ -120,12 +130,12 @@ def write_lerobot_v3(root: str, episodes: int, steps: int, size: int, fps: int =
 def lerobot_rates(work: str, episodes: int, steps: int, size: int, out_size: int) -> None:
     """One core: frames/s of the video decode tasks against the converted per-frame Parquet path."""
     from vla.data.converters.lerobot import convert_lerobot
-    from vla.data.lerobot_stream import build_lerobot_stream
 
     write_lerobot_v3(f"{work}/lerobot", episodes, steps, size)
     convert_lerobot(f"{work}/lerobot", f"{work}/lerobot-parquet", val_episodes=0, image_encoding="jpeg")
     shape = dict(window_size=1, fwd_pred_next_n=1, image_size=out_size, tokenizer_dir=f"{work}/tok", train=False)
-    video = build_lerobot_stream(f"{work}/lerobot", DataConfig(), "train", val_episodes=0, **shape)
+    video = build_window_stream(DataConfig(path=f"{work}/lerobot", format="lerobot", lerobot_val_fraction=0), "train",
+                                **shape)
     parquet = build_window_stream(DataConfig(path=f"{work}/lerobot-parquet"), "train", **shape)
     for name, stream in (("LeRobot h264 video", video), ("Parquet JPEG frames", parquet)):
         start = time.perf_counter()
@@ -138,27 +148,47 @@ def lerobot_rates(work: str, episodes: int, steps: int, size: int, out_size: int
 
 
 def decode_rate(root: str, size: int, seconds: float = 3.0) -> float:
-    """Frames/s of one core decoding (and resizing) the stored frames of the first shard."""
+    """The decode bound: frames/s of one core turning the stored frames of the first shard into
+    pixels the cheapest way the pipeline knows (PIL decode, resize, each pixel written once into
+    a preallocated array: ``put_frame``), and nothing else (no Parquet read, checks, margin, Ray)."""
     meta = load_metadata(root)
     frames = pq.read_table(f"{root}/{meta.splits['train'].shards[0].file}",
-                           columns=["image_static"])["image_static"].combine_chunks().flatten().to_pylist()
+                           columns=["image_static"])["image_static"].combine_chunks().flatten().to_pylist()[:64]
+    pixels = episode_frames(len(frames), 1, size, 0)
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        for data in frames[:64]:
-            decode_image(data, size)
-        count += len(frames[:64])
+        for step, data in enumerate(frames):
+            with Image.open(io.BytesIO(data)) as img:
+                put_frame(pixels, step, 0, img, 0)
+        count += len(frames)
     return count / (time.perf_counter() - start)
 
 
+def decode_task_rate(stream) -> float:
+    """Frames/s of one core running the decode task's body (read the episode's Parquet row, check
+    it, decode every frame with its margin, normalize the actions) over the split's episodes."""
+    start = time.perf_counter()
+    for address in stream.index.addresses[:16]:
+        stream.reader(*address)
+    frames = len(stream.data_cfg.cameras) * int(stream.index.num_steps[:16].sum())
+    return frames / (time.perf_counter() - start)
+
+
 def plain_loop(cfg: DataConfig, shape: dict, tokenizer_dir: str) -> int:
-    """Every window of every episode through the same transforms, in this process."""
+    """Every window of every episode through the same transforms, in this process, a batch at a time."""
     meta = load_metadata(cfg.path)
     chain = episode_to_windows(cfg, meta, window_size=shape["window"], fwd_pred_next_n=shape["fwd"],
                                image_size=shape["out_size"], tokenizer=load_tokenizer(tokenizer_dir), train=True)
     windows = 0
     for file in split_files(cfg.path, meta, "train", cfg.cameras):
-        for batch in pq.ParquetFile(file).iter_batches(batch_size=1):
-            windows += sum(len(w["actions"]) for w in chain.windows(batch))
+        for rows in pq.ParquetFile(file).iter_batches(batch_size=1):
+            for row in rows.to_pylist():
+                episode = chain.tokenize(chain.decode({**row, "path": file}))
+                starts = chain.batcher.cut.starts(len(episode["actions"])).tolist()
+                for begin in range(0, len(starts), cfg.batch_size):
+                    part = starts[begin:begin + cfg.batch_size]
+                    batch = chain.batcher([episode] * len(part), part, [row["episode_id"]] * len(part), 0)
+                    windows += len(batch["actions"])
     return windows
 
 
@@ -181,6 +211,34 @@ class PeakRSS:
         self.running = False
         self.thread.join()
         return (self.peak - self.baseline) / 2**20
+
+
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process and its children (the local Ray node: raylet, GCS,
+    the workers that run the decode tasks), alive or ended."""
+    processes = [psutil.Process(os.getpid())]
+    processes += processes[0].children(recursive=True)
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system + (times.children_user + times.children_system if process is processes[0]
+                                              else 0.0)
+    return total
+
+
+def object_store_put_seconds(stream, episodes: int = 4) -> float:
+    """CPU seconds of ``ray.put`` of one decoded episode into the (fresh) object store."""
+    import ray
+
+    decoded = [stream.reader(*address) for address in stream.index.addresses[:episodes]]
+    start = time.process_time()
+    refs = [ray.put(episode) for episode in decoded]
+    seconds = (time.process_time() - start) / episodes
+    del refs
+    return seconds
 
 
 def assembly_rate(stream, episodes: int = 4) -> float:
@@ -229,28 +287,56 @@ def main() -> None:
 
     rate = decode_rate(cfg.path, shape["out_size"])
     bound = rate / views
-    print(f"decode bound, one core    : {rate:8.0f} frames/s -> {bound:.0f} windows/s per core")
+    print(f"decode bound, one core    : {rate:8.0f} frames/s -> {bound:.0f} windows/s per core "
+          f"(stride 1: {views} new frames per window)")
+    task = decode_task_rate(stream)
+    print(f"decode task, one core     : {task:8.0f} frames/s ({task / rate:.2f} x the bound: Parquet read, checks, "
+          f"margin, normalization)")
     assembly = assembly_rate(stream)
-    print(f"batch assembly, one core  : {assembly:8.0f} windows/s (cutting, shifting, copying decoded frames)")
+    print(f"batch assembly, one core  : {assembly:8.0f} windows/s (cutting, shifting, copying decoded frames; "
+          f"{bound / assembly:.2f} of a window's decode time)")
+    ceiling = 1 / (bound / (task / views) + bound / assembly)
+    print(f"ceiling per core          : {ceiling:8.2f} x the bound (a core that decodes a window's frames in decode "
+          f"tasks and copies it into a batch, nothing else)")
     plain_n, plain_s = timed(plain_loop, cfg, shape, f"{work}/tok")
     print(f"plain single-process loop : {plain_n / plain_s:8.0f} windows/s ({plain_n} windows, {plain_s:.1f} s; "
           f"{plain_n / plain_s / bound:.2f} x the one-core bound)")
 
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    put = object_store_put_seconds(stream)
+    print(f"object store put, one core: {put * 1e3:8.1f} ms of CPU per decoded episode = "
+          f"{put / (stream.index.num_steps[0] * views / task):.2f} of its decode time (what a decode task's result costs)")
     for _, _ in zip(range(2), stream.batches(epoch=99)):  # warm up the Ray workers (imports), not timed
         pass
-    memory = PeakRSS()
+    memory, cpu = PeakRSS(), cpu_seconds()
     ray_n, ray_s = timed(lambda: sum(len(b["actions"]) for b in stream.batches(epoch=0)))
-    peak = memory.stop()
+    peak, busy = memory.stop(), cpu_seconds() - cpu
+    per_core = ray_n / ray_s / args.num_cpus
     print(f"Ray stream ({args.num_cpus} CPUs)       : {ray_n / ray_s:8.0f} windows/s ({ray_n} windows, {ray_s:.1f} s; "
-          f"{ray_n / ray_s / (args.num_cpus * bound):.2f} x {args.num_cpus} cores' bound, "
           f"{ray_n / ray_s / (plain_n / plain_s):.2f} x the plain loop)")
+    print(f"  per CPU given to Ray    : {per_core:8.0f} windows/s = {per_core / bound:.2f} x the one-core decode bound "
+          f"(decode tasks, and this consumer's batch assembly beside them)")
+    print(f"  per core-second used    : {ray_n / busy:8.0f} windows/s = {ray_n / busy / bound:.2f} x the one-core decode "
+          f"bound ({busy:.1f} CPU-s of this process and its Ray processes in {ray_s:.1f} s: "
+          f"{busy / ray_s:.2f} cores busy)")
+    rest = cpu_seconds()
+    time.sleep(3.0)
+    rest = (cpu_seconds() - rest) / 3.0
+    work = ray_n * (views / task + 1 / assembly)
+    print(f"  where the CPU-s went    : {work:8.1f} decoding and assembling (the one-core rates above), "
+          f"{rest * ray_s:.1f} the Ray node's background ({rest:.2f} cores at rest), "
+          f"{busy - work - rest * ray_s:.1f} the rest (object store puts: {put * len(stream.index.addresses):.1f}; "
+          f"task scheduling)")
+    print(f"  for a GPU step          : {ray_n / ray_s / cfg.batch_size:8.1f} batches of {cfg.batch_size} per second; "
+          f"ready ahead: {cfg.prefetch_batches} assembled batches (data.prefetch_batches), "
+          f"{cfg.decode_ahead} episodes decoding (data.decode_ahead)")
 
-    episode_mb = shape["steps"] * views * 3 * shape["out_size"] ** 2 / 2**20
+    margin = frame_margin(cfg, train=True)
+    episode_mb = shape["steps"] * views * 3 * (shape["out_size"] + 2 * margin) ** 2 / 2**20
     batch_mb = shape["batch_size"] * shape["window"] * views * 3 * shape["out_size"] ** 2 / 2**20
     limit = (cfg.open_episodes + cfg.decode_ahead) * episode_mb + (cfg.prefetch_batches + 1) * batch_mb
     print(f"peak memory, worker       : {peak:8.0f} MB above baseline (bound {limit:.0f} MB = "
-          f"({cfg.open_episodes} + {cfg.decode_ahead}) x {episode_mb:.1f} MB episodes + "
+          f"({cfg.open_episodes} + {cfg.decode_ahead}) x {episode_mb:.1f} MB episodes (with a {margin} px margin) + "
           f"{cfg.prefetch_batches + 1} x {batch_mb:.1f} MB batches)")
 
     ideal = ideal_diversity(stream.index, cfg.stride, cfg.batch_size)

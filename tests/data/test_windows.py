@@ -120,36 +120,48 @@ def test_resuming_never_decodes_the_episodes_it_skips(ray_session, marker_datase
         as_numpy(windows.batches(epoch=0))
 
 
-def test_random_shift_equals_replicate_pad_then_crop():
-    from vla.data.transforms import shift_clamped
+def test_decoded_margin_replicates_the_edges_as_np_pad_does():
+    from vla.data.episodes import encode_image
+    from vla.data.transforms import DecodeImages
 
-    src = np.random.default_rng(0).integers(0, 255, (4, 3, 9, 11), dtype=np.uint8)
-    for pad in (1, 3):
-        padded = np.pad(src, ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="edge")
-        for dy in range(-pad, pad + 1):
-            for dx in range(-pad, pad + 1):
-                shifted = np.empty_like(src)
-                shift_clamped(shifted, src, dy, dx)
-                np.testing.assert_array_equal(shifted, padded[..., pad + dy:pad + dy + 9, pad + dx:pad + dx + 11])
+    frames = np.random.default_rng(0).integers(0, 255, (4, 9, 11, 3), dtype=np.uint8)
+    row = {"episode_id": 0, "image_static": [encode_image(f, "png") for f in frames]}
+    for margin in (1, 3):
+        images = DecodeImages(["static"], 11, margin=margin)(row)["images"]  # resized to 11 x 11
+        resized = DecodeImages(["static"], 11)(row)["images"]
+        padded = np.pad(resized, ((0, 0), (0, 0), (0, 0), (margin, margin), (margin, margin)), mode="edge")
+        np.testing.assert_array_equal(images, padded)
 
 
 def test_batched_windows_are_padded_and_cropped_frames_of_their_episode():
-    from vla.data.transforms import RandomShift, WindowBatcher
+    from vla.data.episodes import encode_image
+    from vla.data.transforms import DecodeImages, RandomShift, WindowBatcher
 
     rng = np.random.default_rng(0)
     steps, pads = 5, [2, 1]
-    episode = {"images": rng.integers(0, 255, (steps, 2, 3, 12, 12), dtype=np.uint8),
+    frames = rng.integers(0, 255, (2, steps, 12, 12, 3), dtype=np.uint8)  # [V, S, H, W, 3]
+    row = {"episode_id": 0, **{f"image_{c}": [encode_image(f, "png") for f in frames[v]]
+                               for v, c in enumerate(["static", "wrist"])}}
+    episode = {**DecodeImages(["static", "wrist"], 12, margin=2)(row),
                "actions": rng.normal(size=(steps, 7)).astype(np.float32),
                "input_ids": np.arange(4), "attention_mask": np.ones(4, np.int64)}
-    batch = WindowBatcher(CutWindows(3, 2), RandomShift(pads), None, seed=3)([episode] * steps, list(range(steps)),
-                                                                              [7] * steps, 1)
+    batch = WindowBatcher(CutWindows(3, 2), RandomShift(pads), None, seed=3, margin=2)(
+        [episode] * steps, list(range(steps)), [7] * steps, 1)
     shifts = set()
     for start in range(steps):
         offsets = RandomShift(pads).offsets(np.random.default_rng([3, 1, 7, start]))  # the window's own generator
-        frames = np.minimum(start + np.arange(3), steps - 1)
+        frame = np.minimum(start + np.arange(3), steps - 1)
         for v, ((dy, dx), pad) in enumerate(zip(offsets, pads)):
-            padded = np.pad(episode["images"][frames, v], ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode="edge")
+            padded = np.pad(frames[v, frame].transpose(0, 3, 1, 2), ((0, 0), (0, 0), (pad, pad), (pad, pad)),
+                            mode="edge")
             np.testing.assert_array_equal(batch["images"][start, :, v],
                                           padded[..., pad + dy:pad + dy + 12, pad + dx:pad + dx + 12])
             shifts.add((dy, dx))
     assert len(shifts) > 2
+
+
+def test_a_shift_wider_than_the_decoded_margin_is_refused():
+    from vla.data.transforms import RandomShift, WindowBatcher
+
+    with pytest.raises(ValueError, match="margin of at least that"):
+        WindowBatcher(CutWindows(3, 2), RandomShift([4, 2]), None, seed=0, margin=2)

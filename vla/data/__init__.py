@@ -4,7 +4,7 @@ deterministic window stream (Ray tasks decode episodes). See docs/data.md."""
 from vla.data.config import DataConfig
 from vla.data.episodes import Episode, Problem
 from vla.data.metadata import ActionStats, DataError, DatasetMetadata, load_metadata
-from vla.data.pipeline import WindowStream, build_window_stream
+from vla.data.pipeline import WindowStream, build_window_stream, check_dataset
 from vla.data.plan import count_windows
 from vla.data.stats import ActionNormalizer, compute_action_stats
 from vla.data.validate import validate_dataset
@@ -21,6 +21,7 @@ __all__ = [
     "Problem",
     "WindowStream",
     "build_window_stream",
+    "check_dataset",
     "compute_action_stats",
     "count_windows",
     "load_metadata",

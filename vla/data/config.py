@@ -11,6 +11,11 @@ from vla.configuration import check
 @dataclass
 class DataConfig:
     path: str = ""  # dataset root (local path, s3:// or gs://) holding metadata.json + shards
+    format: Literal["parquet", "lerobot"] = "parquet"  # lerobot: path is a local LeRobot v2.x/v3.0 folder, streamed as is
+    lerobot_cameras: dict[str, str] = field(default_factory=dict)  # camera -> LeRobot feature (default: info.json order)
+    lerobot_action: str = "action"  # LeRobot feature holding the 7-value action
+    lerobot_gripper: str = "signed"  # the LeRobot gripper convention (vla.data.converters.lerobot.GRIPPER_CONVENTIONS)
+    lerobot_val_fraction: float = 0.1  # LeRobot episodes held out as val (last ones; info.json val/test splits win)
     train_split: str = "train"
     val_split: str = "val"
     cameras: list[str] = field(default_factory=lambda: ["static", "wrist"])
@@ -29,7 +34,17 @@ class DataConfig:
     window_log: str = ""  # debug: local folder where each rank appends the (episode_id, start) of every batch
 
     def validate(self) -> None:
+        from vla.data.converters.lerobot import GRIPPER_CONVENTIONS
+
         check(bool(self.cameras), "cameras", "must name at least one camera")
+        if self.format == "lerobot":
+            check(bool(self.path) and "://" not in self.path, "path",
+                  f"format lerobot reads a local (or mounted) LeRobot folder, got {self.path!r}")
+            check(not self.lerobot_cameras or list(self.lerobot_cameras) == list(self.cameras), "lerobot_cameras",
+                  f"must map exactly data.cameras {self.cameras}, in order")
+        check(self.lerobot_gripper in GRIPPER_CONVENTIONS, "lerobot_gripper",
+              f"must be one of {list(GRIPPER_CONVENTIONS)}")
+        check(0 <= self.lerobot_val_fraction <= 1, "lerobot_val_fraction", "must be in [0, 1]")
         check(self.max_text_len >= 1, "max_text_len", "must be >= 1")
         check(self.stride >= 1, "stride", "must be >= 1")
         check(self.clip_bound > 0, "clip_bound", "must be > 0")

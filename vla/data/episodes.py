@@ -139,22 +139,27 @@ def frame_problems(row: dict, frame_sizes: FrameSizes, file: str, *, decode: boo
     """Frames of ``row`` that are not RGB of their camera's ``(height, width)``; ``decode`` also
     decodes every frame (catching corrupt data past the header), otherwise only headers are read."""
     problems = []
-    for camera, (height, width) in frame_sizes.items():
+    for camera, size in frame_sizes.items():
         for step, data in enumerate(row.get(image_column(camera)) or []):
             field = f"{image_column(camera)}[{step}]"
             try:
                 with Image.open(io.BytesIO(data)) as img:
                     if decode:
                         img.load()
-                    mode, (w, h) = img.mode, img.size
+                    problems += image_problems(img, size, file, row["episode_id"], field)
             except Exception as err:  # PIL raises many kinds for corrupt bytes
                 problems.append(Problem(file, f"image does not decode: {err}", row["episode_id"], field))
-                continue
-            if mode != "RGB":
-                problems.append(Problem(file, f"image is {mode}, expected RGB (3 channels)", row["episode_id"], field))
-            if (h, w) != (height, width):
-                problems.append(Problem(file, f"image is {h}x{w}, metadata.json says {height}x{width}",
-                                        row["episode_id"], field))
+    return problems
+
+
+def image_problems(img: Image.Image, size: tuple[int, int] | None, file: str, episode: int, field: str) -> list[Problem]:
+    """An opened frame that is not RGB, or (``size`` given) not ``(height, width)``; reads the header only."""
+    problems = []
+    if img.mode != "RGB":
+        problems.append(Problem(file, f"image is {img.mode}, expected RGB (3 channels)", episode, field))
+    if size is not None and (img.height, img.width) != tuple(size):
+        problems.append(Problem(file, f"image is {img.height}x{img.width}, metadata.json says {size[0]}x{size[1]}",
+                                episode, field))
     return problems
 
 

@@ -2,15 +2,18 @@
 first converting it to Parquet episodes: each decode task reads one episode's rows from its data
 file and decodes its frames from the video with PyAV (``vla.data.converters.lerobot``), resizes
 them and normalizes the actions; the plan, the windows and the batches are those of
-``vla.data.pipeline.WindowStream``.
+``vla.data.pipeline.WindowStream``. Training reads such a folder with ``data.format: lerobot``
+(``build_window_stream``, ``count_windows`` and ``check_dataset`` come here)::
 
-    stream = build_lerobot_stream("/data/lerobot/pusht", data_cfg, "train", window_size=8,
-                                  fwd_pred_next_n=1, image_size=224, tokenizer_dir=tok, train=True)
+    data_cfg = DataConfig(path="/data/lerobot/pusht", format="lerobot")
+    stream = build_lerobot_stream(data_cfg, "train", window_size=8, fwd_pred_next_n=1, image_size=224,
+                                  tokenizer_dir=tok, train=True)
     for batch in stream.batches(epoch=0, rank=rank, world_size=world_size): ...
 
-The feature mapping, gripper conventions and split rule are the converter's (docs/data.md).
-Action statistics (for ``quantile`` / ``mean_std``) come from a pass over the train episodes'
-action column (no frames decoded).
+The feature mapping (``data.lerobot_cameras``, ``data.lerobot_action``), gripper conventions
+(``data.lerobot_gripper``) and split rule (``data.lerobot_val_fraction``) are the converter's
+(docs/data.md). Action statistics (for ``quantile`` / ``mean_std``) come from a pass over the
+train episodes' action column (no frames decoded).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from vla.data.config import DataConfig
 from vla.data.converters.lerobot import (
@@ -36,12 +40,11 @@ from vla.data.converters.lerobot import (
     read_episode,
     read_tasks,
 )
-from vla.data.episodes import resize_image
 from vla.data.metadata import GRIPPER_DIM, DataError
-from vla.data.pipeline import WindowStream, load_tokenizer, window_batcher
+from vla.data.pipeline import WindowStream, frame_margin, load_tokenizer, window_batcher
 from vla.data.plan import EpisodeIndex
 from vla.data.stats import ActionNormalizer, action_stats
-from vla.data.transforms import Tokenize
+from vla.data.transforms import Tokenize, episode_frames, put_frame, replicate_margin
 
 
 @dataclass
@@ -52,12 +55,16 @@ class LeRobotEpisodes:
     cameras: list[str]  # our camera names, in batch order
     image_size: int
     normalizer: ActionNormalizer
+    margin: int = 0  # replicated edge pixels around each frame (``frame_margin``)
 
     def __call__(self, ref: EpisodeRef) -> dict:
-        episode = read_episode(self.source, ref, read_data_file(self.source, ref.data_file))
-        images = np.stack([np.stack([resize_image(f, self.image_size) for f in episode.images[camera]])
-                           for camera in self.cameras], axis=1)  # [S, V, H, W, 3]
-        return {"images": np.ascontiguousarray(images.transpose(0, 1, 4, 2, 3)),
+        episode = read_episode(self.source, ref, read_data_file(self.source, ref.data_file, ref.index))
+        images = episode_frames(len(episode.actions), len(self.cameras), self.image_size, self.margin)
+        for view, camera in enumerate(self.cameras):
+            for step, frame in enumerate(episode.images[camera]):
+                put_frame(images, step, view, Image.fromarray(frame), self.margin)
+        replicate_margin(images, self.margin)
+        return {"images": images,
                 "actions": self.normalizer.normalize(episode.actions.astype(np.float32)).astype(np.float32),
                 "instruction": episode.instruction}
 
@@ -75,39 +82,74 @@ def train_action_chunks(source: LeRobotSource, refs: list[EpisodeRef]):
         yield actions
 
 
-def build_lerobot_stream(folder: str, data_cfg: DataConfig, split: str, *, window_size: int, fwd_pred_next_n: int,
-                         image_size: int, tokenizer_dir: str, train: bool, cameras: dict[str, str] | None = None,
-                         action_key: str = "action", gripper: str = "signed", val_episodes: int | None = None,
-                         val_fraction: float = 0.1) -> WindowStream:
-    """The windows of ``split`` ("train" or "val", the converter's rule) of a LeRobot folder;
-    ``cameras`` maps ``data_cfg.cameras`` to LeRobot features (default: the first image/video
-    features in ``info.json`` order). Metadata problems raise ``DataError`` here."""
-    root = Path(folder)
+@dataclass(frozen=True)
+class LeRobotFolder:
+    """A checked LeRobot folder: how to read its episodes, and which episodes each split holds."""
+
+    root: Path
+    source: LeRobotSource
+    splits: dict[str, list[EpisodeRef]]  # "train" / "val" -> episodes in index order
+
+    def refs(self, split: str) -> list[EpisodeRef]:
+        refs = self.splits.get(split, [])
+        if not refs:
+            raise DataError(f"{self.root}: split {split!r} has no episodes (LeRobot splits: train, val; "
+                            f"data.lerobot_val_fraction sets val's share)")
+        return refs
+
+    def index(self, split: str) -> EpisodeIndex:
+        refs = self.refs(split)
+        return EpisodeIndex(np.asarray([r.index for r in refs], np.int64), np.asarray([r.length for r in refs], np.int64),
+                            [(r,) for r in refs])
+
+
+def open_lerobot(data_cfg: DataConfig) -> LeRobotFolder:
+    """``data.path`` as a LeRobot folder: ``meta/info.json``, the mapped features (every camera an
+    image or video feature), every episode's data file and videos present, PyAV importable for
+    videos; raises ``DataError`` naming the file and field, reading no frame."""
+    root = Path(data_cfg.path)
     info, version = load_info(root)
-    cameras = cameras or None
-    features = map_features(info, root / INFO_FILE, cameras=cameras, action_key=action_key, state_key=None,
-                            gripper=gripper)
+    features = map_features(info, root / INFO_FILE, cameras=data_cfg.lerobot_cameras or None,
+                            action_key=data_cfg.lerobot_action, state_key=None, gripper=data_cfg.lerobot_gripper)
     if list(features.cameras) != list(data_cfg.cameras):
         raise DataError(f"{root / INFO_FILE}: cameras {list(features.cameras)} do not match data.cameras "
-                        f"{data_cfg.cameras}")
+                        f"{data_cfg.cameras} (map them with data.lerobot_cameras)")
     if features.videos:
         _import_av()
     episodes = list_episodes(root, info, version, features)
-    splits = assign_splits(info, root / INFO_FILE, [e.index for e in episodes], val_episodes=val_episodes,
-                           val_fraction=val_fraction)
-    refs = [e for e in episodes if splits[e.index] == split]
-    if not refs:
-        raise DataError(f"{root}: split {split!r} has no episodes")
+    split_of = assign_splits(info, root / INFO_FILE, [e.index for e in episodes], val_episodes=None,
+                             val_fraction=data_cfg.lerobot_val_fraction)
     source = LeRobotSource(float(_info_field(info, root, "fps")), read_tasks(root, version), features)
-    train_refs = [e for e in episodes if splits[e.index] == data_cfg.train_split]
-    stats = action_stats(lambda: train_action_chunks(source, train_refs)) if train_refs else None
-    normalizer = ActionNormalizer.from_stats(stats, data_cfg.normalization, data_cfg.clip_bound)
+    return LeRobotFolder(root, source, {split: [e for e in episodes if split_of[e.index] == split]
+                                        for split in ("train", "val")})
+
+
+def lerobot_normalizer(folder: LeRobotFolder, data_cfg: DataConfig) -> ActionNormalizer:
+    refs = folder.splits.get(data_cfg.train_split, [])
+    stats = action_stats(lambda: train_action_chunks(folder.source, refs)) if refs else None
+    return ActionNormalizer.from_stats(stats, data_cfg.normalization, data_cfg.clip_bound)
+
+
+def check_lerobot(data_cfg: DataConfig, splits: list[str]) -> ActionNormalizer:
+    """What a run checks on the driver (``check_dataset``): the folder, each split has episodes;
+    returns the action normalizer of the train split."""
+    folder = open_lerobot(data_cfg)
+    for split in splits:
+        folder.refs(split)
+    return lerobot_normalizer(folder, data_cfg)
+
+
+def build_lerobot_stream(data_cfg: DataConfig, split: str, *, window_size: int, fwd_pred_next_n: int,
+                         image_size: int, tokenizer_dir: str, train: bool) -> WindowStream:
+    """The windows of ``split`` ("train" or "val", the converter's rule) of the LeRobot folder at
+    ``data.path``. Metadata problems raise ``DataError`` here."""
+    folder = open_lerobot(data_cfg)
     return WindowStream(
         data_cfg=data_cfg,
         split=split,
-        index=EpisodeIndex(np.asarray([r.index for r in refs], np.int64), np.asarray([r.length for r in refs], np.int64),
-                           [(r,) for r in refs]),
-        reader=LeRobotEpisodes(source, list(data_cfg.cameras), image_size, normalizer),
+        index=folder.index(split),
+        reader=LeRobotEpisodes(folder.source, list(data_cfg.cameras), image_size, lerobot_normalizer(folder, data_cfg),
+                               frame_margin(data_cfg, train)),
         tokenize=Tokenize(load_tokenizer(tokenizer_dir), data_cfg.max_text_len),
         batcher=window_batcher(data_cfg, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n, train=train),
         train=train,

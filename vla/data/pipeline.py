@@ -97,14 +97,22 @@ def episode_columns(cameras: list[str]) -> list[str]:
     return ["episode_id", "instruction", "num_steps", "actions", *(image_column(c) for c in cameras)]
 
 
-def decode_chain(data_cfg: DataConfig, meta: DatasetMetadata, image_size: int) -> EpisodeChain:
+def frame_margin(data_cfg: DataConfig, train: bool) -> int:
+    """Pixels of replicated edge kept around each decoded frame: the largest random shift when
+    training (a shifted window is then a crop), else 0."""
+    return max(data_cfg.shift_static, data_cfg.shift_wrist) if train else 0
+
+
+def decode_chain(data_cfg: DataConfig, meta: DatasetMetadata, image_size: int, margin: int = 0) -> EpisodeChain:
     """What a decode task does to a stored episode row (tokenizing happens in the worker)."""
-    return EpisodeChain([CheckRow(data_cfg.cameras, camera_frame_sizes(meta.cameras, data_cfg.cameras)),
-                         DecodeImages(data_cfg.cameras, image_size),
+    return EpisodeChain([CheckRow(data_cfg.cameras),
+                         DecodeImages(data_cfg.cameras, image_size, camera_frame_sizes(meta.cameras, data_cfg.cameras),
+                                      margin),
                          Normalize(ActionNormalizer.from_metadata(meta, data_cfg))])
 
 
 def window_batcher(data_cfg: DataConfig, *, window_size: int, fwd_pred_next_n: int, train: bool) -> WindowBatcher:
+    """Cuts windows out of episodes decoded with ``frame_margin(data_cfg, train)``."""
     shift = train and (data_cfg.shift_static or data_cfg.shift_wrist)
     return WindowBatcher(
         CutWindows(window_size, fwd_pred_next_n, data_cfg.stride),
@@ -112,6 +120,7 @@ def window_batcher(data_cfg: DataConfig, *, window_size: int, fwd_pred_next_n: i
                            for v in range(len(data_cfg.cameras))]) if shift else None,
         jitter=ColorJitter(data_cfg.color_jitter) if train and data_cfg.color_jitter > 0 else None,
         seed=data_cfg.seed,
+        margin=frame_margin(data_cfg, train),
     )
 
 
@@ -285,16 +294,37 @@ class WindowLog:
             f.write(json.dumps(record) + "\n")
 
 
+def check_dataset(data_cfg: DataConfig, splits: list[str]) -> ActionNormalizer:
+    """What a run checks on the driver before Ray starts (metadata, every shard's footer and
+    schema; for ``data.format: lerobot`` the folder's metadata, features, data files and videos),
+    raising ``DataError`` naming the file and field; returns the train split's action normalizer."""
+    if data_cfg.format == "lerobot":
+        from vla.data.lerobot_stream import check_lerobot  # it builds on this module
+
+        return check_lerobot(data_cfg, splits)
+    meta = load_metadata(data_cfg.path)
+    for split in splits:
+        split_files(data_cfg.path, meta, split, data_cfg.cameras)
+    return ActionNormalizer.from_metadata(meta, data_cfg)
+
+
 def build_window_stream(data_cfg: DataConfig, split: str, *, window_size: int, fwd_pred_next_n: int,
                         image_size: int, tokenizer_dir: str, train: bool) -> WindowStream:
-    """The stream of ``split``'s windows. Structural problems raise ``DataError`` here, before training."""
+    """The stream of ``split``'s windows (of Parquet episodes, or of a LeRobot folder with
+    ``data.format: lerobot``). Structural problems raise ``DataError`` here, before training."""
+    if data_cfg.format == "lerobot":
+        from vla.data.lerobot_stream import build_lerobot_stream  # it builds on this module
+
+        return build_lerobot_stream(data_cfg, split, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n,
+                                    image_size=image_size, tokenizer_dir=tokenizer_dir, train=train)
     meta = load_metadata(data_cfg.path)
     split_files(data_cfg.path, meta, split, data_cfg.cameras)
     return WindowStream(
         data_cfg=data_cfg,
         split=split,
         index=read_episode_index(data_cfg.path, split),
-        reader=ParquetEpisodes(data_cfg.path, data_cfg.cameras, decode_chain(data_cfg, meta, image_size)),
+        reader=ParquetEpisodes(data_cfg.path, data_cfg.cameras,
+                               decode_chain(data_cfg, meta, image_size, frame_margin(data_cfg, train))),
         tokenize=Tokenize(load_tokenizer(tokenizer_dir), data_cfg.max_text_len),
         batcher=window_batcher(data_cfg, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n, train=train),
         train=train,
@@ -322,6 +352,7 @@ class InProcessWindows:
 def episode_to_windows(data_cfg: DataConfig, meta: DatasetMetadata, *, window_size: int, fwd_pred_next_n: int,
                        image_size: int, tokenizer, train: bool) -> InProcessWindows:
     """The transforms of ``build_window_stream`` as one in-process chain."""
-    return InProcessWindows(decode_chain(data_cfg, meta, image_size), Tokenize(tokenizer, data_cfg.max_text_len),
+    return InProcessWindows(decode_chain(data_cfg, meta, image_size, frame_margin(data_cfg, train)),
+                            Tokenize(tokenizer, data_cfg.max_text_len),
                             window_batcher(data_cfg, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n,
                                            train=train))

@@ -60,7 +60,13 @@ def read_episode_index(root: str, split: str) -> EpisodeIndex:
 def count_windows(data_cfg: DataConfig, split: str) -> int:
     """Windows per epoch of ``split``: ``ceil(num_steps / stride)`` per episode, summed (the
     count the schedule uses; the plan gives every rank ``count // world_size`` of them)."""
-    return int(read_episode_index(data_cfg.path, split).windows_per_episode(data_cfg.stride).sum())
+    if data_cfg.format == "lerobot":
+        from vla.data.lerobot_stream import open_lerobot  # it builds on this module
+
+        index = open_lerobot(data_cfg).index(split)
+    else:
+        index = read_episode_index(data_cfg.path, split)
+    return int(index.windows_per_episode(data_cfg.stride).sum())
 
 
 @dataclass(frozen=True)

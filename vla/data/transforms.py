@@ -8,12 +8,14 @@ then augmented (``RandomShift`` during the copy, ``ColorJitter``) with a generat
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from vla.data.episodes import FrameSizes, decode_image, row_actions, row_problems
+from vla.data.episodes import FrameSizes, Problem, image_problems, row_actions, row_problems
 from vla.data.metadata import DataError, image_column
 from vla.data.stats import ActionNormalizer
 
@@ -23,13 +25,13 @@ EPISODE_KEYS = ("images", "actions", "instruction", "input_ids", "attention_mask
 
 @dataclass
 class CheckRow:
-    """Raise ``DataError`` (naming file, episode and field) for a malformed episode row."""
+    """Raise ``DataError`` (naming file, episode and field) for a malformed episode row (lengths,
+    actions, instruction; ``DecodeImages`` checks the frames as it decodes them)."""
 
     cameras: list[str]
-    frame_sizes: FrameSizes | None = None  # camera -> (height, width) in metadata.json
 
     def __call__(self, row: dict) -> dict:
-        problems = row_problems(row, self.cameras, row.get("path", "<dataset>"), self.frame_sizes)
+        problems = row_problems(row, self.cameras, row.get("path", "<dataset>"))
         if problems:
             raise DataError("; ".join(map(str, problems)))
         return {**row, "actions": row_actions(row)}
@@ -37,24 +39,66 @@ class CheckRow:
 
 @dataclass
 class DecodeImages:
-    """Encoded frames of every camera -> ``images [S, V, 3, size, size]`` uint8."""
+    """Encoded frames of every camera -> ``images [S, V, 3, size + 2 margin, size + 2 margin]`` uint8.
+
+    Each frame is decoded once, resized, and written channel by channel into the episode array
+    (no stacking or transposing copies); ``margin`` pixels around it repeat the edge pixels (the
+    largest random shift: a shifted window is then a plain crop). With ``frame_sizes`` each
+    frame's mode and size are checked from the header it is decoded from (``image_problems``)."""
 
     cameras: list[str]
     size: int
+    frame_sizes: FrameSizes | None = None  # camera -> (height, width) in metadata.json
+    margin: int = 0
 
     def __call__(self, row: dict) -> dict:
-        per_camera = []
-        for camera in self.cameras:
-            frames = []
+        path, episode = row.get("path", "<dataset>"), row["episode_id"]
+        images = episode_frames(len(row[image_column(self.cameras[0])]), len(self.cameras), self.size, self.margin)
+        problems = []
+        for view, camera in enumerate(self.cameras):
+            expected = (self.frame_sizes or {}).get(camera)
             for step, data in enumerate(row[image_column(camera)]):
+                field = f"{image_column(camera)}[{step}]"
                 try:
-                    frames.append(decode_image(data, self.size))
+                    with Image.open(io.BytesIO(data)) as img:
+                        problems += image_problems(img, expected, path, episode, field)
+                        if not problems:
+                            put_frame(images, step, view, img, self.margin)
                 except Exception as err:  # PIL raises many kinds for corrupt bytes
-                    raise DataError(f"{row.get('path', '<dataset>')}, episode {row['episode_id']}, field "
-                                    f"{image_column(camera)}[{step}]: image does not decode: {err}") from None
-            per_camera.append(np.stack(frames))
-        images = np.stack(per_camera, axis=1)  # [S, V, H, W, 3]
-        return {**row, "images": np.ascontiguousarray(images.transpose(0, 1, 4, 2, 3))}
+                    problems.append(Problem(path, f"image does not decode: {err}", episode, field))
+        if problems:
+            raise DataError("; ".join(map(str, problems)))
+        replicate_margin(images, self.margin)
+        return {**row, "images": images}
+
+
+def episode_frames(steps: int, views: int, size: int, margin: int) -> np.ndarray:
+    """The uninitialised ``[S, V, 3, size + 2 margin, size + 2 margin]`` uint8 frames of an episode."""
+    return np.empty((steps, views, 3, size + 2 * margin, size + 2 * margin), np.uint8)
+
+
+def put_frame(images: np.ndarray, step: int, view: int, img: Image.Image, margin: int) -> None:
+    """Frame ``img`` (any mode; resized to the episode's size) into ``images[step, view]`` inside the
+    margin, channel by channel (PIL extracts each band: cheaper than transposing ``HxWx3``)."""
+    size = images.shape[-1] - 2 * margin
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BILINEAR)
+    inner = images[step, view, :, margin:margin + size, margin:margin + size]
+    for channel, band in enumerate("RGB"):
+        inner[channel] = np.frombuffer(img.tobytes("raw", band), np.uint8).reshape(size, size)
+
+
+def replicate_margin(images: np.ndarray, margin: int) -> None:
+    """Fill the ``margin`` of ``images [..., H, W]`` with the nearest edge pixel (``np.pad`` ``edge``)."""
+    if margin == 0:
+        return
+    m = margin
+    images[..., :m, m:-m] = images[..., m:m + 1, m:-m]
+    images[..., -m:, m:-m] = images[..., -m - 1:-m, m:-m]
+    images[..., :m] = images[..., m:m + 1]
+    images[..., -m:] = images[..., -m - 1:-m]
 
 
 @dataclass
@@ -134,29 +178,17 @@ class CutWindows:
         }
 
 
-def shift_clamped(dst: np.ndarray, src: np.ndarray, dy: int, dx: int) -> None:
-    """``dst[..., y, x] = src[..., clip(y + dy), clip(x + dx)]`` with slice copies only."""
-    height, width = src.shape[-2:]
-    ys, yd = (slice(dy, height), slice(0, height - dy)) if dy >= 0 else (slice(0, height + dy), slice(-dy, height))
-    xs, xd = (slice(dx, width), slice(0, width - dx)) if dx >= 0 else (slice(0, width + dx), slice(-dx, width))
-    dst[..., yd, xd] = src[..., ys, xs]
-    if dx > 0:
-        dst[..., yd, width - dx:] = dst[..., yd, width - dx - 1:width - dx]
-    elif dx < 0:
-        dst[..., yd, :-dx] = dst[..., yd, -dx:1 - dx]
-    if dy > 0:
-        dst[..., height - dy:, :] = dst[..., height - dy - 1:height - dy, :]
-    elif dy < 0:
-        dst[..., :-dy, :] = dst[..., -dy:1 - dy, :]
-
-
 def copy_window(dst: np.ndarray, images: np.ndarray, start: int, offsets: list[tuple[int, int]]) -> None:
-    """Frames ``start .. start + T - 1`` of ``images [S, V, 3, H, W]`` into ``dst [T, V, 3, H, W]``,
-    camera ``v`` shifted by ``offsets[v]`` (``shift_clamped``); past the episode's end the last
-    frame repeats. Slice copies straight from the decoded episode: its only copy."""
+    """Frames ``start .. start + T - 1`` of ``images [S, V, 3, H + 2m, W + 2m]`` (``m`` the margin
+    of replicated edge pixels, ``DecodeImages``) into ``dst [T, V, 3, H, W]``, camera ``v`` cropped
+    at ``offsets[v]`` from the centre (a shift with replicate padding, for ``|offset| <= m``);
+    past the episode's end the last frame repeats. One slice copy per camera: the only copy."""
+    height, width = dst.shape[-2:]
+    margin = (images.shape[-1] - width) // 2
     inside = min(len(dst), len(images) - start)
     for v, (dy, dx) in enumerate(offsets):
-        shift_clamped(dst[:inside, v], images[start:start + inside, v], dy, dx)
+        top, left = margin + dy, margin + dx
+        dst[:inside, v] = images[start:start + inside, v, :, top:top + height, left:left + width]
     dst[inside:] = dst[inside - 1]
 
 
@@ -164,7 +196,7 @@ def copy_window(dst: np.ndarray, images: np.ndarray, start: int, offsets: list[t
 class RandomShift:
     """Replicate-pad each camera by ``pads[v]`` pixels and crop back at a random offset, one offset
     per camera shared by the window's frames (RoboVLMs: 10 static, 4 wrist at 224); applied by
-    ``copy_window`` as a shifted copy plus edge replication (the same pixels as padding then cropping)."""
+    ``copy_window`` as a crop of the decoded episode, whose margin already holds the padding."""
 
     pads: list[int]
 
@@ -200,14 +232,20 @@ class WindowBatcher:
     shift: RandomShift | None
     jitter: ColorJitter | None
     seed: int
+    margin: int = 0  # the episodes' margin of replicated edge pixels (``DecodeImages``)
+
+    def __post_init__(self):
+        if self.shift and max(self.shift.pads) > self.margin:
+            raise ValueError(f"a random shift of {max(self.shift.pads)} px needs episodes decoded with a margin "
+                             f"of at least that, got {self.margin}")
 
     def __call__(self, episodes: list[dict], starts: list[int], keys: list[int], epoch: int) -> dict[str, np.ndarray]:
         """Window ``i`` is ``starts[i]`` of ``episodes[i]``; ``keys[i]`` names the episode for its seed."""
         first = episodes[0]
         size, (T, N) = len(starts), (self.cut.window_size, self.cut.fwd_pred_next_n)
-        views = first["images"].shape[1]
+        views, channels, height, width = first["images"].shape[1:]
         batch = {
-            "images": np.empty((size, T, *first["images"].shape[1:]), np.uint8),
+            "images": np.empty((size, T, views, channels, height - 2 * self.margin, width - 2 * self.margin), np.uint8),
             "input_ids": np.empty((size, *first["input_ids"].shape), np.int64),
             "attention_mask": np.empty((size, *first["attention_mask"].shape), np.int64),
             "actions": np.empty((size, T, N, first["actions"].shape[-1]), np.float32),

@@ -22,10 +22,9 @@ from ray.train import UserCallback
 
 from vla.config import Config
 from vla.configuration import ConfigError, to_dict
-from vla.data import ActionNormalizer, build_window_stream, count_windows, load_metadata
+from vla.data import build_window_stream, check_dataset, count_windows
 from vla.data.converters.synthetic import convert_synthetic
-from vla.data.metadata import METADATA_FILE, DatasetMetadata
-from vla.data.pipeline import split_files
+from vla.data.metadata import METADATA_FILE
 from vla.model import build_tokenizer, run_image_size
 from vla.model.export import RUN_CONFIG_FILE, run_files
 from vla.train.checkpoint import set_aside_stale_ray_snapshot
@@ -93,7 +92,6 @@ def ensure_ray() -> None:
 class CheckedRun:
     """What the driver checked before anything starts: nothing of it is written anywhere yet."""
 
-    metadata: DatasetMetadata
     normalization_json: str
     total_steps: int
     run_dir: str
@@ -102,13 +100,9 @@ class CheckedRun:
 def check_run(cfg: Config) -> CheckedRun:
     """Config, dataset metadata and every shard's footer and schema, checked on the driver with no
     Ray and no writes; raises ``ConfigError`` or ``DataError`` naming the file and field."""
-    metadata = load_metadata(cfg.data.path)
     splits = [cfg.data.train_split] + ([cfg.data.val_split] if cfg.train.val_every else [])
-    for split in splits:
-        split_files(cfg.data.path, metadata, split, cfg.data.cameras)
-    normalizer = ActionNormalizer.from_metadata(metadata, cfg.data)
+    normalizer = check_dataset(cfg.data, splits)
     return CheckedRun(
-        metadata=metadata,
         normalization_json=json.dumps(normalizer.to_dict(), indent=1),
         total_steps=total_steps(cfg, count_windows(cfg.data, cfg.data.train_split)),
         run_dir=run_path(normalize_storage_path(cfg.run.storage_path), cfg.run.name),

@@ -256,13 +256,14 @@ def _val_ranges(info: dict, info_file: Path) -> set[int] | None:
     return val
 
 
-def read_data_file(source: LeRobotSource, file: Path) -> pa.Table:
-    """The columns ``read_episode`` needs from one data file (v2: one episode, v3: many)."""
+def read_data_file(source: LeRobotSource, file: Path, episode: int | None = None) -> pa.Table:
+    """The columns ``read_episode`` needs from one data file (v2: one episode, v3: many), only
+    episode ``episode``'s rows when given (row groups whose statistics exclude it are skipped)."""
     fmap = source.features
     image_keys = [key for key in fmap.cameras.values() if key not in fmap.videos]
     columns = ["episode_index", "frame_index", "timestamp", "task_index", fmap.action,
                *([fmap.state] if fmap.state else []), *image_keys]
-    return _read_parquet(file, columns)
+    return _read_parquet(file, columns, filters=None if episode is None else [("episode_index", "=", episode)])
 
 
 def read_episode(source: LeRobotSource, ref: EpisodeRef, data: pa.Table) -> Episode:
