@@ -108,3 +108,26 @@ def test_train_resume_export_and_act_entirely_on_s3(aws):
                    "instruction": "push the block"}
     action = policy.act(observation)
     assert action.shape == (7,) and np.isfinite(action).all()
+
+
+def test_sweep_report_keeps_the_scheme_of_trial_checkpoints(aws):
+    """Ray reports a checkpoint on S3 as ``bucket/key``: the sweep's table gives it back its scheme."""
+    import ray.train
+    import ray.tune
+
+    from vla.config import load_config
+    from vla.tune.report import trial_rows
+    from vla.tune.runner import Sweep
+    from vla.tune.space import parse_space
+
+    base = load_config(None, [f"run.storage_path=s3://{BUCKET}/sweeps", "train.max_steps=4", "train.val_every=2"])
+    space = parse_space({"params": {"train.lr": {"choice": [1e-3]}}}, base.to_dict())
+    sweep = Sweep(name="s3-sweep", directory=f"s3://{BUCKET}/sweeps/s3-sweep", space=space, base=base.to_dict())
+    run_dir = f"{sweep.directory}/runs/trial-0"
+    checkpoint = ray.train.Checkpoint(f"{run_dir}/checkpoint_step0000004")
+    # As SweepReportCallback reports it, and Tune adds the trial config.
+    reported = {"step": 4, "checkpoint_path": checkpoint.path, "config": {"train.lr": 1e-3}}
+    result = ray.tune.Result(metrics=reported, checkpoint=None, error=None, path=f"{sweep.directory}/trial-0")
+    (row,) = trial_rows([result], sweep, max_steps=4)
+    assert row.checkpoint == f"{run_dir}/checkpoint_step0000004"
+    assert row.run_dir == run_dir
