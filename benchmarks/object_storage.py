@@ -3,8 +3,11 @@
     python benchmarks/object_storage.py --steps 30 --episodes 60
 
 Starts a local S3 server (moto) on loopback, writes the same synthetic dataset to local disk
-and to ``s3://bench/data``, trains the same run from each (``train_throughput.platform_run``:
-Ray Train, FSDP2, Ray Data) and prints the data wait per step, the step time and their ratio.
+and to ``s3://bench/data``, and trains the same run (``train_throughput.platform_run``: Ray
+Train, FSDP2, the episode stream) three times: from local disk, from S3 read directly by the
+decode tasks (``data.cache_remote=false``), and from S3 through the node-local shard cache
+(``data.cache_remote=true``, the default, starting cold in a fresh ``$VLA_CACHE_DIR``). Prints
+the data wait per step, the step time and their ratio, after the first 5 steps.
 A real S3 bucket is farther away than loopback but also faster per request than moto: run
 it against your bucket by exporting ``AWS_*`` and passing ``--bucket``.
 """
@@ -66,10 +69,15 @@ def main() -> None:
     bucket = args.bucket or "bench"
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            runs = {}
-            for where, data in (("local disk", f"{tmp}/data"), ("s3", f"s3://{bucket}/vla-bench/data")):
+            os.environ["VLA_CACHE_DIR"] = f"{tmp}/cache"  # the cached run starts cold
+            local, remote = f"{tmp}/data", f"s3://{bucket}/vla-bench/data"
+            for data in (local, remote):
                 convert_synthetic(data, episodes=args.episodes, val_episodes=4, image_size=args.image_size)
-                runs[where] = platform_run(args, data, f"{tmp}/runs-{where.replace(' ', '-')}")
+            runs = {}
+            for where, data, cache in (("local disk", local, True), ("s3 direct", remote, False),
+                                       ("s3 cached", remote, True)):
+                runs[where] = platform_run(args, data, f"{tmp}/runs-{where.replace(' ', '-')}",
+                                           [f"data.cache_remote={str(cache).lower()}"])
     finally:
         if server is not None:
             server.terminate()

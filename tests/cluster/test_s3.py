@@ -13,7 +13,7 @@ import pytest
 from conftest import BUCKET
 from procs import run_pipeline
 
-from vla.train.storage import StorageError, check_storage, exists, localize
+from vla.train.storage import StorageError, check_storage, exists, localize, read_bytes
 
 TINY = [
     "run.wandb_mode=offline",
@@ -77,6 +77,40 @@ def test_localize_caches_a_folder_and_refetches_it_when_it_changes(aws):
     assert open(f"{localize(f's3://{BUCKET}/cached')}/a.txt", "rb").read() == b"two!"
     with pytest.raises(StorageError, match=f"s3://{BUCKET}/absent: no such folder"):
         localize(f"s3://{BUCKET}/absent")
+
+
+def test_decode_tasks_read_shards_on_s3_from_one_local_copy_per_node(aws, tmp_path):
+    from vla.data.config import DataConfig
+    from vla.data.converters.synthetic import convert_synthetic
+    from vla.data.metadata import load_metadata
+    from vla.data.pipeline import ParquetEpisodes, decode_chain
+    from vla.data.plan import read_episode_index
+    from vla.data.shard_cache import remote_stamp
+
+    data = f"s3://{BUCKET}/datasets/cached"
+    convert_synthetic(data, episodes=3, val_episodes=1, image_size=32)
+    chain = decode_chain(DataConfig(path=data), load_metadata(data), image_size=32)
+    (file, group, row) = read_episode_index(data, "train").addresses[1]
+    direct = ParquetEpisodes(data, ["static", "wrist"], chain, cache_remote=False)(file, group, row)
+    cached = ParquetEpisodes(data, ["static", "wrist"], chain, cache_remote=True)(file, group, row)
+    assert np.array_equal(cached["images"], direct["images"]) and np.array_equal(cached["actions"], direct["actions"])
+    copy = tmp_path / "cache" / "shards" / "s3" / file
+    assert copy.is_file() and copy.stat().st_size == remote_stamp("s3", file)[0]
+
+    # Later reads on this node are local: they work with the object gone from the bucket.
+    import pyarrow.fs as pafs
+
+    fs, _ = pafs.FileSystem.from_uri(data)
+    stored = read_bytes(f"s3://{file}")
+    fs.delete_file(file)
+    assert np.array_equal(ParquetEpisodes(data, ["static", "wrist"], chain)(file, group, row)["actions"],
+                          direct["actions"])
+    # A job started after the shard was rewritten (another size) downloads it again.
+    remote_stamp.cache_clear()
+    convert_synthetic(data, episodes=4, val_episodes=1, image_size=32, seed=7)
+    assert read_bytes(f"s3://{file}") != stored
+    ParquetEpisodes(data, ["static", "wrist"], chain)(file, group, row)
+    assert copy.read_bytes() == read_bytes(f"s3://{file}")
 
 
 @pytest.mark.slow
