@@ -6,12 +6,16 @@ Credentials and endpoint come from the environment (``AWS_ENDPOINT_URL``, ``AWS_
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from conftest import BUCKET
-from procs import run_pipeline
+from procs import ROOT, pythonpath, run_pipeline
 
 from vla.train.storage import StorageError, check_storage, exists, localize, read_bytes
 
@@ -115,7 +119,7 @@ def test_decode_tasks_read_shards_on_s3_from_one_local_copy_per_node(aws, tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_train_resume_export_and_act_entirely_on_s3(aws):
+def test_train_resume_export_act_and_evaluate_entirely_on_s3(aws, tmp_path):
     data = f"s3://{BUCKET}/datasets/synthetic"
     made = run_pipeline("prepare_data.py", ["synthetic", data, "--episodes", "8", "--val-episodes", "2"], aws)
     assert made.returncode == 0, made.stderr
@@ -142,6 +146,20 @@ def test_train_resume_export_and_act_entirely_on_s3(aws):
                    "instruction": "push the block"}
     action = policy.act(observation)
     assert action.shape == (7,) and np.isfinite(action).all()
+
+    # pipelines/evaluate.py takes the same location; its rollout tasks run on another node
+    # (another download cache) and load the export there, not from the driver's copy.
+    node_cache = tmp_path / "node-cache"
+    evaluation = subprocess.run(
+        [sys.executable, str(ROOT / "tests/cluster/evaluate_on_node.py"), str(node_cache),
+         "--export", printed(proc.stdout, "policy"), "--episodes", "2", "--tasks", "1", "--out", str(tmp_path / "eval")],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": pythonpath()}, capture_output=True, text=True, timeout=240,
+    )
+    assert evaluation.returncode == 0, evaluation.stderr[-3000:]
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["export"] == printed(proc.stdout, "policy")
+    assert report["closed_loop"]["policies"]["trained"]["episodes"] == 2
+    assert (node_cache / "s3" / BUCKET / "runs/s3run/export/model.safetensors").is_file()
 
 
 def test_sweep_report_keeps_the_scheme_of_trial_checkpoints(aws):
