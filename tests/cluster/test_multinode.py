@@ -48,7 +48,7 @@ def records(run_dir: Path, key: str) -> list[tuple[int, float]]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_hsdp_on_two_nodes_survives_losing_one(synthetic_root, tmp_path):
+def test_hsdp_on_two_nodes_matches_fsdp_on_one_and_survives_losing_a_node(synthetic_root, tmp_path):
     out = tmp_path / "outcome.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "tests/cluster/multinode_run.py"), synthetic_root, str(tmp_path / "runs"),
