@@ -80,7 +80,8 @@ def run_evaluation(export_dir: str, out_dir: str, options: EvalOptions) -> dict:
     """Evaluate the export in ``export_dir``; writes report.json, results.png and strips to ``out_dir``.
 
     ``export_dir`` may be on object storage (``s3://...``): this process reads a local copy, and
-    the rollout tasks load it from there too, each on its node (``Policy.load`` caches it)."""
+    the rollout tasks are handed the location itself, so each loads it on its own node
+    (``Policy.load`` caches it there)."""
     location = normalize_storage_path(export_dir)  # a URI as it is, a local path absolute
     export_dir = localize(location)
     out = Path(out_dir).expanduser()
