@@ -56,8 +56,8 @@ def overrides(args: argparse.Namespace, data: str, storage: str) -> list[str]:
     ]
 
 
-def platform_run(args: argparse.Namespace, data: str, storage: str) -> dict[str, float]:
-    cfg = load_config(None, overrides(args, data, storage))
+def platform_run(args: argparse.Namespace, data: str, storage: str, extra: list[str] = ()) -> dict[str, float]:
+    cfg = load_config(None, [*overrides(args, data, storage), *extra])
     result = run_training(cfg)
     records = [r for r in read_metrics(Path(result.run_dir) / "metrics.jsonl") if "step_time_s" in r]
     steady = [r for r in records if r["step"] > WARMUP_STEPS]

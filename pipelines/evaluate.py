@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
     )
     out = args.out or str(export.parent / "eval")
-    report = run_evaluation(str(export), out, options)
+    report = run_evaluation(args.export, out, options)  # an s3:// export: each node caches its own copy
 
     loop = report["closed_loop"]
     print(f"closed loop on {loop['env']}: {loop['episodes']} episodes per policy")

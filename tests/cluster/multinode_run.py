@@ -6,7 +6,10 @@ Runs in its own process (its own Ray cluster, apart from the test session's): a 
 1 CPU (the driver, Ray Data) and two worker nodes of 3 CPUs, each with its own custom
 resource, so 2 training workers of 1.5 CPU fit on each. When the checkpoint of step
 ``KILL_AFTER_CHECKPOINT`` is complete, node ``b`` is removed the way a spot instance goes
-(raylet and workers killed, no drain). Writes what happened to OUT_JSON.
+(raylet and workers killed, no drain). Then a node ``c`` of 6 CPUs joins, and the same run
+(same global batch, 4 workers) trains again as plain FSDP (``hsdp_replicas=1``), all its
+workers on that one node: the reference for the HSDP run's losses before the node was lost.
+Writes what happened to OUT_JSON.
 """
 
 from __future__ import annotations
@@ -94,13 +97,44 @@ def run(cluster: Cluster, data_root: str, storage: str, out_json: str, overrides
         "the restarted worker group", deadline)
     thread.join(timeout=max(1.0, deadline - time.monotonic()))
     result = outcome.get("result")
-    Path(out_json).write_text(json.dumps({
+    report = {
         "placement_before": per_node(first),
         "placement_after": per_node(restarted),
         "error": outcome.get("error") or (None if result else "no result before the timeout"),
         "final_step": result.metrics.get("step") if result else None,
         "run_dir": str(run_dir),
-    }))
+    }
+    if result:
+        names[cluster.add_node(num_cpus=6, resources={"node_c": 1}).node_id] = "c"
+        cluster.wait_for_nodes()
+        report["reference"] = single_node_fsdp(names, data_root, storage, overrides, deadline + TIMEOUT_S)
+    Path(out_json).write_text(json.dumps(report))
+
+
+def single_node_fsdp(names: dict[str, str], data_root: str, storage: str, overrides: list[str],
+                     deadline: float) -> dict:
+    """The same run as plain FSDP over as many workers, packed on one node, from scratch."""
+    cfg = load_config(None, [f"data.path={data_root}", f"run.storage_path={storage}", *overrides,
+                             "run.name=fsdp-reference", "train.hsdp_replicas=1", "train.min_workers=0",
+                             "train.max_failures=0"])
+    outcome: dict = {}
+
+    def train() -> None:
+        try:
+            outcome["result"] = run_training(cfg)
+        except Exception as err:  # reported to the test through OUT_JSON
+            outcome["error"] = repr(err)
+
+    thread = threading.Thread(target=train, daemon=True)
+    thread.start()
+    workers = wait_for(lambda: (w := alive_workers(names)) and len(w) == cfg.train.num_workers and w,
+                       "the reference worker group", deadline)
+    thread.join(timeout=max(1.0, deadline - time.monotonic()))
+    return {
+        "placement": per_node(workers),
+        "error": outcome.get("error") or (None if outcome.get("result") else "no result before the timeout"),
+        "run_dir": str(Path(storage) / cfg.run.name),
+    }
 
 
 if __name__ == "__main__":

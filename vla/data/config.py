@@ -30,6 +30,7 @@ class DataConfig:
     open_episodes: int = 32  # train: windows interleave from this many episodes (decoded, held per worker)
     decode_ahead: int = 4  # episodes decoding ahead of need per worker (Ray tasks)
     prefetch_batches: int = 2  # batches assembled ahead by each worker (a thread)
+    cache_remote: bool = True  # s3:// / gs:// data: each node copies a shard whole to $VLA_CACHE_DIR on first read
     seed: int = 0  # with the epoch, rank and world size: the order and augmentation of every window
     window_log: str = ""  # debug: local folder where each rank appends the (episode_id, start) of every batch
 

@@ -36,6 +36,7 @@ from vla.data.config import DataConfig
 from vla.data.episodes import Problem, camera_frame_sizes, check_schema
 from vla.data.metadata import ACTION_DIM, DataError, DatasetMetadata, image_column, load_metadata, open_root
 from vla.data.plan import EpisodeIndex, EpochPlan, epoch_plan, read_episode_index
+from vla.data.shard_cache import open_shard
 from vla.data.stats import ActionNormalizer
 from vla.data.transforms import (
     CheckRow,
@@ -131,10 +132,10 @@ class ParquetEpisodes:
     root: str
     cameras: list[str]
     chain: EpisodeChain
+    cache_remote: bool = True  # data.cache_remote: read shards on object storage from a node-local copy
 
     def __call__(self, file: str, row_group: int, row: int) -> dict:
-        fs, _ = open_root(self.root)
-        with fs.open_input_file(file) as f:
+        with open_shard(self.root, file, self.cache_remote) as f:
             table = pq.ParquetFile(f).read_row_group(row_group, columns=episode_columns(self.cameras))
         return self.chain({**table.slice(row, 1).to_pylist()[0], "path": file})
 
@@ -324,7 +325,8 @@ def build_window_stream(data_cfg: DataConfig, split: str, *, window_size: int, f
         split=split,
         index=read_episode_index(data_cfg.path, split),
         reader=ParquetEpisodes(data_cfg.path, data_cfg.cameras,
-                               decode_chain(data_cfg, meta, image_size, frame_margin(data_cfg, train))),
+                               decode_chain(data_cfg, meta, image_size, frame_margin(data_cfg, train)),
+                               data_cfg.cache_remote),
         tokenize=Tokenize(load_tokenizer(tokenizer_dir), data_cfg.max_text_len),
         batcher=window_batcher(data_cfg, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n, train=train),
         train=train,

@@ -21,6 +21,7 @@ from vla.eval.report import plot_results, save_strips, write_report
 from vla.eval.rollout import ConstantPolicy, RandomPolicy, evaluation_seeds, rollout_in_parallel, summarize
 from vla.policy import Policy, load_run_config
 from vla.sim import SimConfig
+from vla.train.storage import localize, normalize_storage_path
 
 log = logging.getLogger("vla.eval")
 
@@ -76,15 +77,20 @@ def closed_loop(export_dir: str, run: Config, options: EvalOptions) -> tuple[dic
 
 
 def run_evaluation(export_dir: str, out_dir: str, options: EvalOptions) -> dict:
-    """Evaluate the export in ``export_dir``; writes report.json, results.png and strips to ``out_dir``."""
-    export_dir = str(Path(export_dir).expanduser())
+    """Evaluate the export in ``export_dir``; writes report.json, results.png and strips to ``out_dir``.
+
+    ``export_dir`` may be on object storage (``s3://...``): this process reads a local copy, and
+    the rollout tasks are handed the location itself, so each loads it on its own node
+    (``Policy.load`` caches it there)."""
+    location = normalize_storage_path(export_dir)  # a URI as it is, a local path absolute
+    export_dir = localize(location)
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     run = load_run_config(export_dir)
     timing: dict[str, float] = {}
 
     start = time.perf_counter()
-    loop_report, episodes = closed_loop(export_dir, run, options)
+    loop_report, episodes = closed_loop(location, run, options)
     timing["closed_loop"] = time.perf_counter() - start
 
     offline = None
@@ -98,7 +104,7 @@ def run_evaluation(export_dir: str, out_dir: str, options: EvalOptions) -> dict:
     if not calvin_available():
         log.info("CALVIN: calvin_env is not installed; skipping its long-horizon evaluation")
     report = {
-        "export": export_dir,
+        "export": location,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "closed_loop": loop_report,
         "offline": offline,

@@ -67,6 +67,15 @@ def uri_of(fs: pafs.FileSystem, path: str) -> str:
     return f"{SCHEMES.get(fs.type_name, fs.type_name + '://')}{path}"
 
 
+def with_scheme_of(reference: str, path: str | None) -> str | None:
+    """``path`` as pyarrow reports it inside ``reference``'s filesystem (``bucket/key``, no
+    scheme) as a location with ``reference``'s scheme; paths that have one, or a local
+    ``reference``, are returned as they are."""
+    if path is None or is_uri(path) or not is_uri(reference):
+        return path
+    return f"{reference.split('://', 1)[0]}://{path.lstrip('/')}"
+
+
 class StorageError(ConfigError):
     """A storage location that cannot be used: one line naming the field, the location and why."""
 

@@ -27,7 +27,7 @@ from vla.configuration import to_dict
 from vla.train.launch import total_steps_of
 from vla.model.export import RUN_CONFIG_FILE
 from vla.train.loop import EXPORT_DIR
-from vla.train.storage import exists, read_bytes, write_bytes
+from vla.train.storage import exists, read_bytes, with_scheme_of, write_bytes
 from vla.tune.runner import Sweep
 
 log = logging.getLogger("vla.tune")
@@ -62,7 +62,7 @@ def trial_rows(results: tune.ResultGrid, sweep: Sweep, max_steps: int) -> list[T
     rows = []
     for result in results:
         metrics = result.metrics or {}
-        checkpoint = metrics.get("checkpoint_path")
+        checkpoint = with_scheme_of(sweep.directory, metrics.get("checkpoint_path"))  # Ray reports bucket/key
         steps = int(metrics.get("step", 0))
         if result.error is not None:
             status = "error"
