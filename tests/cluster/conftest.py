@@ -9,9 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from procs import free_port, wait_for_port
+from procs import BUCKET, free_port, wait_for_port
 
-BUCKET = "vla"
 # The requests moto serves before it starts checking credentials: the bucket, the user,
 # its policy and its access key are made without them.
 SETUP_REQUESTS = 4

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+BUCKET = "vla"  # the bucket the S3 server of conftest.py holds
 
 
 def free_port() -> int:

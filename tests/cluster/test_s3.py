@@ -14,8 +14,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import BUCKET
-from procs import ROOT, pythonpath, run_pipeline
+from procs import BUCKET, ROOT, pythonpath, run_pipeline
 
 from vla.train.storage import StorageError, check_storage, exists, localize, read_bytes
 
