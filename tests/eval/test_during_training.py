@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import matplotlib.image
 import pytest
 import ray.train
 
 from vla.config import load_config
-from vla.eval.during_training import PLOT_FILE, CheckpointEvaluator
+from vla.eval.during_training import CheckpointEvaluator
 from vla.train.launch import run_training
-from vla.train.progress import RunLogger
+from vla.train.progress import PLOT_FILE, RunLogger, plot_metrics
 
 EVAL = ["train.eval.episodes=4", "train.eval.offline_batches=1", "train.eval.cpus=0.5"]
 
@@ -36,7 +37,25 @@ def test_checkpoints_are_evaluated_at_their_steps_while_training_goes_on(ray_ses
     first_eval = lines.index(evaluations[0])
     assert any(r.get("step", 0) > 4 and "loss" in r for r in lines[:first_eval]), lines
     assert not [r for r in lines if "eval_failed" in r]
-    assert (Path(result.run_dir) / PLOT_FILE).stat().st_size > 0
+    assert plot_width(Path(result.run_dir) / PLOT_FILE) == SUCCESS_PANEL_WIDTH  # the run's one plot shows them
+
+
+SUCCESS_PANEL_WIDTH = 1500  # px: metrics.png grows a third (closed-loop success) panel beside loss and pose error
+
+
+def plot_width(path: Path) -> int:
+    return matplotlib.image.imread(path).shape[1]
+
+
+def test_the_run_plot_shows_evaluations_at_the_step_they_scored_and_nothing_else_without_them(tmp_path):
+    training = [{"step": s, "loss": 1.0 / s, "pose_error": 0.5 / s} for s in (10, 20, 30, 40)]
+    evaluation = [{"step": s, "eval_success_rate": 0.25, "eval_success_ci_low": 0.1, "eval_success_ci_high": 0.5,
+                   "eval_offline_loss": 0.2, "eval_reported_at_step": s + 5} for s in (20, 40)]
+    plain, evaluated = tmp_path / "plain.jsonl", tmp_path / "evaluated.jsonl"
+    plain.write_text("".join(json.dumps(r) + "\n" for r in training))
+    evaluated.write_text("".join(json.dumps(r) + "\n" for r in training + evaluation))
+    assert plot_width(plot_metrics(plain, tmp_path / "plain.png")) == 1000
+    assert plot_width(plot_metrics(evaluated, tmp_path / "evaluated.png")) == SUCCESS_PANEL_WIDTH
 
 
 @pytest.mark.timeout(120)

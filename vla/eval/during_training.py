@@ -18,7 +18,8 @@ on spare resources (``train.eval.cpus`` / ``train.eval.gpus``). Training never w
 
 Results are ``eval_*`` metrics written to ``metrics.jsonl`` with the step they scored
 (``step``) and the step at which they came back (``eval_reported_at_step``), to wandb
-against the ``eval/step`` axis, and to ``eval.png`` in the run folder.
+against the ``eval/step`` axis, and to the run's plot (``metrics.png``: ``draw_success`` is its
+closed-loop success panel, the offline metrics join the loss and pose-error panels).
 """
 
 from __future__ import annotations
@@ -37,12 +38,11 @@ import ray.train
 
 from vla.config import Config
 from vla.eval.checkpoint import SUCCESS_METRIC, evaluate_checkpoint
-from vla.train.progress import RunLogger, read_metrics
-from vla.train.storage import is_uri, upload
+from vla.train.progress import RunLogger
+from vla.train.storage import is_uri
 
 log = logging.getLogger("vla.eval")
 
-PLOT_FILE = "eval.png"
 WANDB_STEP = "eval/step"
 SNAPSHOT_PREFIX = ".eval_snapshot_step"
 
@@ -130,15 +130,13 @@ class CheckpointEvaluator:
             log.warning("evaluation during training: %s: %s", type(err).__name__, err)
 
     def finish(self, step: int) -> None:
-        """Evaluate what is queued, in flight and the latest skipped checkpoint (each bounded), plot."""
+        """Evaluate what is queued, in flight and the latest skipped checkpoint (each bounded); the
+        run's plot, drawn after this, then holds their records."""
         try:
             self._drain(step)
             if self.skipped is not None:
                 self.pending, self.skipped = self.skipped, None
                 self._drain(step)
-            plot = plot_evaluations(self.logger.metrics_path, self.logger.local_dir / PLOT_FILE)
-            if plot is not None and is_uri(self.run_dir):
-                upload(plot, f"{self.run_dir}/{PLOT_FILE}")
         except Exception as err:  # an evaluation problem never ends training
             log.warning("evaluation during training: %s: %s", type(err).__name__, err)
 
@@ -194,35 +192,20 @@ class CheckpointEvaluator:
             self.logger.wandb.log({**named, WANDB_STEP: step})
 
 
-def plot_evaluations(metrics_path: Path, out: Path) -> Path | None:
-    """Closed-loop success (95% interval) and offline loss against the step they scored; None without records."""
-    records = [r for r in read_metrics(metrics_path) if SUCCESS_METRIC in r or "eval_offline_loss" in r]
-    if not records:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+def draw_success(ax, records: list[dict[str, float]]) -> bool:
+    """Closed-loop success (with its 95% interval) against the step each record scored, on ``ax``
+    (the success panel of ``vla.train.progress.plot_metrics``); False when no record has it."""
     scored = sorted((r["step"], r) for r in records if SUCCESS_METRIC in r)
-    if scored:
-        steps = [s for s, _ in scored]
-        rates = [r[SUCCESS_METRIC] for _, r in scored]
-        low = [r[SUCCESS_METRIC] - r["eval_success_ci_low"] for _, r in scored]
-        high = [r["eval_success_ci_high"] - r[SUCCESS_METRIC] for _, r in scored]
-        axes[0].errorbar(steps, rates, yerr=[low, high], marker="o", capsize=3)
-    axes[0].set_ylim(0, 1)
-    axes[0].set_ylabel("closed-loop success")
-    offline = sorted((r["step"], r["eval_offline_loss"]) for r in records if "eval_offline_loss" in r)
-    if offline:
-        axes[1].plot(*zip(*offline), marker="o")
-        axes[1].set_yscale("log")
-    axes[1].set_ylabel("offline loss (val)")
-    for ax in axes:
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    if not scored:
+        return False
+    steps = [step for step, _ in scored]
+    rates = [r[SUCCESS_METRIC] for _, r in scored]
+    low = [r[SUCCESS_METRIC] - r["eval_success_ci_low"] for _, r in scored]
+    high = [r["eval_success_ci_high"] - r[SUCCESS_METRIC] for _, r in scored]
+    ax.errorbar(steps, rates, yerr=[low, high], marker="o", capsize=3, label="closed-loop success (95% CI)")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("closed-loop success rate")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return True

@@ -246,23 +246,34 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
 
 
 def plot_metrics(metrics_path: Path, out: Path) -> Path:
-    """Training and validation loss and pose error against the step, as a PNG."""
+    """Training and validation loss and pose error against the step, as a PNG; with evaluations
+    during training (``train.eval_every``) their offline metrics join those panels and a third
+    panel shows closed-loop success, each at the step it scored."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from vla.eval.checkpoint import SUCCESS_METRIC
+    from vla.eval.during_training import draw_success
+
     records = read_metrics(metrics_path)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, keys in zip(axes, (("loss", "val_loss"), ("pose_error", "val_pose_error"))):
+    evaluated = any(SUCCESS_METRIC in r for r in records)
+    fig, axes = plt.subplots(1, 3 if evaluated else 2, figsize=(15 if evaluated else 10, 4))
+    panels = (("loss", ("loss", "val_loss", "eval_offline_loss")),
+              ("pose error (normalized)", ("pose_error", "val_pose_error", "eval_offline_pose_error")))
+    for ax, (label, keys) in zip(axes, panels):
         for key in keys:
             points = [(r["step"], r[key]) for r in records if key in r]
             if points:
-                ax.plot(*zip(*points), label=key, marker="." if key.startswith("val") else None)
+                ax.plot(*zip(*points), label=key, marker=None if key in ("loss", "pose_error") else ".")
         ax.set_xlabel("step")
+        ax.set_ylabel(label)
         ax.set_yscale("log")
         ax.legend()
         ax.grid(alpha=0.3)
+    if evaluated:
+        draw_success(axes[2], records)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
