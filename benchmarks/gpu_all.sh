@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every GPU figure in the README's Benchmarks section, on one GPU, without Ray:
 #
-#   bash benchmarks/gpu_all.sh speed  LOGDIR   # platform step vs bare loop, MFU (PaliGemma-3B, Kosmos-2)
+#   bash benchmarks/gpu_all.sh speed  LOGDIR   # platform step vs bare loop, MFU (PaliGemma-3B, Kosmos-2),
+#                                              # what compile buys with and without activation checkpointing
 #   bash benchmarks/gpu_all.sh memory LOGDIR   # peak memory against windows per step, with and without
-#                                              # activation checkpointing, and what compile buys
+#                                              # activation checkpointing
 #
 # Each run's full output goes to LOGDIR/<name>.log; the last lines of each are echoed.
 set -u
@@ -24,6 +25,12 @@ speed)
     run small --small
     run paligemma --family paligemma
     run kosmos2 --family kosmos2 --frames 16 --chunk 10
+    run kosmos2-nocompile-full --family kosmos2 --frames 16 --chunk 10 --compile false
+    checkpointed=(--activation-checkpointing --skip-bare --warmup 3 --steps 10)
+    for compile in true false; do
+        run "kosmos2-ac-compile-$compile" --family kosmos2 --frames 16 --chunk 10 --compile "$compile" "${checkpointed[@]}"
+        run "paligemma-w8-ac-compile-$compile" --family paligemma --windows 8 --compile "$compile" "${checkpointed[@]}"
+    done
     ;;
 memory)
     quick=(--skip-bare --warmup 1 --steps 3)
