@@ -25,22 +25,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from train_throughput import platform_run
+from train_throughput import platform_run, run_arguments
 
 from vla.data.converters.synthetic import convert_synthetic
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", default="paligemma")
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--window", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=8, help="windows per worker per step")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--episodes", type=int, default=60)
+    parser = run_arguments(__doc__, steps=30, episodes=60)
     parser.add_argument("--bucket", help="an existing bucket to use instead of a local moto server")
     parser.set_defaults(gpu=False)
     return parser.parse_args()

@@ -29,8 +29,9 @@ from vla.train.progress import peak_memory_mb, read_metrics
 WARMUP_STEPS = 5
 
 
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_arguments(description: str, *, steps: int, episodes: int) -> argparse.ArgumentParser:
+    """The model, batch and run shape that ``platform_run`` trains (shared with object_storage.py)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbone", default="paligemma")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
@@ -38,8 +39,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--window", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8, help="windows per worker per step")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--episodes", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=steps)
+    parser.add_argument("--episodes", type=int, default=episodes)
+    return parser
+
+
+def parse_args() -> argparse.Namespace:
+    parser = run_arguments(__doc__, steps=40, episodes=100)
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator bf16 peak (H100/H200 dense: 989)")
     return parser.parse_args()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from run_overrides import TINY_RUN
 
 # No test ever talks to the wandb servers.
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -52,15 +53,7 @@ def tiny_run_overrides(data_root: str, storage: str, name: str) -> list[str]:
         f"data.path={data_root}",
         f"run.storage_path={storage}",
         f"run.name={name}",
-        "run.wandb_mode=offline",
-        "model.tiny_hidden_size=32",
-        "model.tiny_num_layers=1",
-        "model.window_size=2",
-        "model.head_hidden_size=32",
-        "model.head_num_layers=1",
-        "data.batch_size=4",
+        *TINY_RUN,
         "train.num_workers=2",
-        "train.lr=1e-3",
-        "train.log_every=1",
         "train.val_batches=2",
     ]

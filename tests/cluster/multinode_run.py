@@ -77,16 +77,7 @@ def run(cluster: Cluster, data_root: str, storage: str, out_json: str, overrides
     cfg = load_config(None, [f"data.path={data_root}", f"run.storage_path={storage}", *overrides])
     run_dir = Path(storage) / cfg.run.name
     deadline = time.monotonic() + TIMEOUT_S
-    outcome: dict = {}
-
-    def train() -> None:
-        try:
-            outcome["result"] = run_training(cfg)
-        except Exception as err:  # reported to the test through OUT_JSON
-            outcome["error"] = repr(err)
-
-    thread = threading.Thread(target=train, daemon=True)
-    thread.start()
+    thread, outcome = start_training(cfg)
     first = wait_for(lambda: (w := alive_workers(names)) and len(w) == cfg.train.num_workers and w,
                      "the first worker group", deadline)
     marker = run_dir / f"checkpoint_step{KILL_AFTER_CHECKPOINT:07d}" / TRAIN_STATE_FILE
@@ -111,12 +102,8 @@ def run(cluster: Cluster, data_root: str, storage: str, out_json: str, overrides
     Path(out_json).write_text(json.dumps(report))
 
 
-def single_node_fsdp(names: dict[str, str], data_root: str, storage: str, overrides: list[str],
-                     deadline: float) -> dict:
-    """The same run as plain FSDP over as many workers, packed on one node, from scratch."""
-    cfg = load_config(None, [f"data.path={data_root}", f"run.storage_path={storage}", *overrides,
-                             "run.name=fsdp-reference", "train.hsdp_replicas=1", "train.min_workers=0",
-                             "train.max_failures=0"])
+def start_training(cfg) -> tuple[threading.Thread, dict]:
+    """``run_training(cfg)`` in a thread; the dict gets its ``result`` or its ``error``."""
     outcome: dict = {}
 
     def train() -> None:
@@ -127,6 +114,16 @@ def single_node_fsdp(names: dict[str, str], data_root: str, storage: str, overri
 
     thread = threading.Thread(target=train, daemon=True)
     thread.start()
+    return thread, outcome
+
+
+def single_node_fsdp(names: dict[str, str], data_root: str, storage: str, overrides: list[str],
+                     deadline: float) -> dict:
+    """The same run as plain FSDP over as many workers, packed on one node, from scratch."""
+    cfg = load_config(None, [f"data.path={data_root}", f"run.storage_path={storage}", *overrides,
+                             "run.name=fsdp-reference", "train.hsdp_replicas=1", "train.min_workers=0",
+                             "train.max_failures=0"])
+    thread, outcome = start_training(cfg)
     workers = wait_for(lambda: (w := alive_workers(names)) and len(w) == cfg.train.num_workers and w,
                        "the reference worker group", deadline)
     thread.join(timeout=max(1.0, deadline - time.monotonic()))

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from multinode_run import KILL_AFTER_CHECKPOINT
 from procs import ROOT, pythonpath
+from run_overrides import TINY_RUN
 
 from vla.train.progress import read_metrics
 
@@ -23,15 +24,7 @@ STEPS = 10
 LOSS_RTOL = 1e-4  # HSDP and FSDP sum the same gradients in another order
 RUN = [
     "run.name=multinode",
-    "run.wandb_mode=offline",
-    "model.tiny_hidden_size=32",
-    "model.tiny_num_layers=1",
-    "model.window_size=2",
-    "model.head_hidden_size=32",
-    "model.head_num_layers=1",
-    "data.batch_size=4",
-    "train.lr=1e-3",
-    "train.log_every=1",
+    *TINY_RUN,
     f"train.max_steps={STEPS}",
     "train.checkpoint_every=2",
     "train.num_workers=4",

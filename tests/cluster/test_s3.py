@@ -15,21 +15,11 @@ import sys
 import numpy as np
 import pytest
 from procs import BUCKET, ROOT, pythonpath, run_pipeline
+from run_overrides import TINY_RUN
 
 from vla.train.storage import StorageError, check_storage, exists, localize, read_bytes
 
-TINY = [
-    "run.wandb_mode=offline",
-    "model.tiny_hidden_size=32",
-    "model.tiny_num_layers=1",
-    "model.window_size=2",
-    "model.head_hidden_size=32",
-    "model.head_num_layers=1",
-    "data.batch_size=4",
-    "train.num_workers=2",
-    "train.lr=1e-3",
-    "train.log_every=1",
-]
+TINY = [*TINY_RUN, "train.num_workers=2"]
 
 
 def list_dirs(uri: str, prefix: str) -> list[str]:

@@ -44,15 +44,20 @@ def local_copy(scheme: str, file: str) -> Path:
     local = cache_root() / SHARDS_DIR / scheme / file.lstrip("/")
     stamp = remote_stamp(scheme, file)
     sidecar = local.with_name(local.name + ".stamp")
-    if local.is_file() and sidecar.is_file() and json.loads(sidecar.read_text()) == stamp:
+    if is_current(local, sidecar, stamp):
         return local
     local.parent.mkdir(parents=True, exist_ok=True)
     with open(local.with_name(local.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one download per node; the others wait and reuse it
-        if not (local.is_file() and sidecar.is_file() and json.loads(sidecar.read_text()) == stamp):
+        if not is_current(local, sidecar, stamp):
             download(scheme, file, local)
             sidecar.write_text(json.dumps(stamp))
     return local
+
+
+def is_current(local: Path, sidecar: Path, stamp: list[int]) -> bool:
+    """Whether ``local`` is a complete copy of the remote file as ``stamp`` describes it now."""
+    return local.is_file() and sidecar.is_file() and json.loads(sidecar.read_text()) == stamp
 
 
 @functools.cache
