@@ -35,7 +35,7 @@ class ActionHead(nn.Module):
         h, n = cfg.head_hidden_size, cfg.fwd_pred_next_n
         self.fwd_pred_next_n = n
         self.feature_size = feature_size
-        self.arm = nn.Sequential(*_mlp([h, h, h // 2 or 1, n * 6], cfg.head_dropout), nn.Tanh())
+        self.arm = nn.Sequential(*_mlp([h, h, h // 2 or 1, n * 6], cfg.head_dropout))  # tanh in forward
         self.gripper = nn.Sequential(*_mlp([h, h, h // 2 or 1, n], cfg.head_dropout))
 
     def trunk(self, features: torch.Tensor) -> torch.Tensor:
@@ -45,9 +45,11 @@ class ActionHead(nn.Module):
     def forward(self, features: torch.Tensor) -> ActionOutput:
         b, t = features.shape[:2]
         h = self.trunk(features.reshape(b, t, -1))  # latent tokens concatenated
-        pose = self.arm(h).reshape(b, t, self.fwd_pred_next_n, 6)
-        gripper = self.gripper(h).reshape(b, t, self.fwd_pred_next_n)
-        return ActionOutput(pose=pose, gripper_logits=gripper)
+        # Neither output may be a view (tanh after the reshape; a copy of the few gripper logits,
+        # which nn.Linear returns as a view of its 2-D product): FSDP2 warns on views, whose
+        # in-place change would skip its pre-backward hook.
+        pose = torch.tanh(self.arm(h).unflatten(-1, (self.fwd_pred_next_n, 6)))
+        return ActionOutput(pose=pose, gripper_logits=self.gripper(h).clone())
 
 
 class LSTMHead(ActionHead):
