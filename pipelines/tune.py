@@ -62,12 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         sweep = make_sweep(name, space, cfg)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    try:
         results = run_sweep(sweep)
-    except SweepError as err:  # e.g. one trial needs more than the cluster has: before any trial starts
+    except (ConfigError, SweepError) as err:  # e.g. one trial needs more than the cluster has: before any trial starts
         print(f"error: {err}", file=sys.stderr)
         return 2
     report = write_report(results, sweep)

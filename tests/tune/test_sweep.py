@@ -14,7 +14,7 @@ import yaml
 from vla.config import load_config
 from vla.model import ActionStepper, load_export
 from vla.tune.report import write_report
-from vla.tune.runner import make_sweep, run_sweep
+from vla.tune.runner import SweepError, make_sweep, run_sweep
 from vla.tune.space import parse_space
 
 SPACE = {
@@ -130,3 +130,13 @@ def test_two_trials_scored_by_closed_loop_success_and_a_rerun_keeps_the_finished
     again = {row.params["train.lr"]: row for row in write_report(run_sweep(sweep), sweep).rows}
     assert again[3.0e-3].status == "completed" and again[3.0e-3].steps == 4
     assert again[3.0e-3].metric == finished.metric and again[3.0e-3].scores["val_loss"] == finished.scores["val_loss"]
+
+    # The folder now holds this sweep: the same command, or one that only changes how many trials
+    # run at once, resumes it; one that changes what trials run is refused, naming what differs
+    # (it used to resume silently and report the old trials as the new sweep's).
+    assert make_sweep("closed-loop", parse_space(CLOSED_LOOP_SPACE, base.to_dict()), base).directory == sweep.directory
+    one_at_a_time = {**CLOSED_LOOP_SPACE, "sweep": {**CLOSED_LOOP_SPACE["sweep"], "max_concurrent_trials": 1}}
+    make_sweep("closed-loop", parse_space(one_at_a_time, base.to_dict()), base)
+    longer = load_config(None, overrides + ["train.max_steps=6"])
+    with pytest.raises(SweepError, match=r"defined otherwise \(base_config\.train\.max_steps: 4 -> 6\)"):
+        make_sweep("closed-loop", parse_space(CLOSED_LOOP_SPACE, longer.to_dict()), longer)

@@ -11,17 +11,18 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import ray
+import yaml
 from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
 from vla.config import Config, resolve_config
 from vla.train.config import TrainConfig
 from vla.train.launch import build_trainer, ensure_ray, total_steps_of, with_demo_data
-from vla.train.storage import normalize_storage_path, run_path
+from vla.train.storage import exists, normalize_storage_path, read_bytes, run_path, write_bytes
 from vla.tune.scoring import SweepReportCallback, finished_step, score_checkpoint
 from vla.tune.space import PRESET_KEY, SearchSpace, apply_overrides, check_run_length
 
@@ -30,6 +31,8 @@ log = logging.getLogger("vla.tune")
 TRIAL_DRIVER_CPU = 0.1  # the trial function itself only waits on its TorchTrainer
 DATA_CPU_PER_TRIAL = 1.0  # kept free for each trial's Ray Data tasks (decode, windows)
 RUNS_DIR = "runs"
+DEFINITION_FILE = "sweep.yaml"  # what the sweep in a folder runs: compared before it is resumed
+RESUMABLE_CHANGES = ("sweep.max_concurrent_trials", "sweep.wait_for_autoscaler")  # how, not what
 
 
 class SweepError(RuntimeError):
@@ -137,6 +140,44 @@ def _search_algorithm(space: SearchSpace):
     return OptunaSearch(seed=space.sweep.seed)
 
 
+def definition(sweep: Sweep) -> dict[str, Any]:
+    """What makes two sweeps the same: the base config, the params, presets and sweep settings."""
+    space = sweep.space
+    return {
+        "params": {p.key: {p.kind: p.values} for p in space.params},
+        "presets": space.presets,
+        "sweep": {k: v for k, v in asdict(space.sweep).items() if f"sweep.{k}" not in RESUMABLE_CHANGES},
+        "base_config": sweep.base,
+    }
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dictionaries as one ``{"a.b.c": leaf}`` dictionary."""
+    if not isinstance(data, dict) or not data:
+        return {prefix.rstrip("."): data}
+    return {key: leaf for name, value in data.items() for key, leaf in _flatten(value, f"{prefix}{name}.").items()}
+
+
+def check_same_sweep(sweep: Sweep) -> None:
+    """A ``SweepError`` naming what differs when the folder holds a sweep defined otherwise.
+
+    Resuming it would report the trials that sweep ran (or mix them with trials of this one).
+    """
+    path = f"{sweep.directory}/{DEFINITION_FILE}"
+    if not exists(path):
+        log.warning("%s has no %s (a sweep of an earlier version): resuming it unchecked", sweep.directory,
+                    DEFINITION_FILE)
+        return
+    before = _flatten(yaml.safe_load(read_bytes(path)))
+    now = _flatten(yaml.safe_load(yaml.safe_dump(definition(sweep))))  # the same types as the file's
+    changed = sorted(k for k in before.keys() | now.keys() if before.get(k, "<unset>") != now.get(k, "<unset>"))
+    if changed:
+        shown = ", ".join(f"{k}: {before.get(k, '<unset>')} -> {now.get(k, '<unset>')}" for k in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise SweepError(f"{sweep.directory} holds a sweep defined otherwise ({shown}{more}); re-run it as it was "
+                         "to resume it, or give this one its own folder with --name")
+
+
 def build_tuner(sweep: Sweep) -> tune.Tuner:
     """A new ``Tuner``, or the restored one when the sweep folder holds an interrupted sweep."""
     settings = sweep.space.sweep
@@ -150,6 +191,7 @@ def build_tuner(sweep: Sweep) -> tune.Tuner:
     if tune.Tuner.can_restore(sweep.directory):
         log.info("resuming the sweep in %s", sweep.directory)
         return tune.Tuner.restore(sweep.directory, trainable, resume_errored=True)
+    write_bytes(f"{sweep.directory}/{DEFINITION_FILE}", yaml.safe_dump(definition(sweep), sort_keys=False).encode())
 
     scheduler = None
     if settings.scheduler == "asha":
@@ -176,11 +218,15 @@ def build_tuner(sweep: Sweep) -> tune.Tuner:
 
 
 def make_sweep(name: str, space: SearchSpace, base_cfg: Config) -> Sweep:
-    """The sweep ``name`` under ``run.storage_path`` (the demo dataset generated if asked for)."""
+    """The sweep ``name`` under ``run.storage_path`` (the demo dataset generated if asked for);
+    a ``SweepError`` when that folder holds a sweep defined otherwise."""
     base_cfg = with_demo_data(base_cfg)
     check_run_length(space.sweep, base_cfg, total_steps_of(base_cfg))
     storage = normalize_storage_path(base_cfg.run.storage_path)
-    return Sweep(name=name, directory=f"{storage.rstrip('/')}/{name}", space=space, base=base_cfg.to_dict())
+    sweep = Sweep(name=name, directory=f"{storage.rstrip('/')}/{name}", space=space, base=base_cfg.to_dict())
+    if tune.Tuner.can_restore(sweep.directory):
+        check_same_sweep(sweep)
+    return sweep
 
 
 def run_sweep(sweep: Sweep) -> tune.ResultGrid:
