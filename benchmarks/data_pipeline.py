@@ -15,9 +15,10 @@ written as Parquet episodes, PNG or JPEG. Printed:
   the batch (with the shift), the other cost every window pays, and the ceiling per core that
   the two costs leave;
 - the CPU cost of putting one decoded episode into the object store (what each decode task's
-  result costs), and where the stream's CPU-seconds went;
-- the plain single-process loop (same transforms, no Ray) and the Ray stream, consumed here as
-  a training worker consumes it: windows/s, windows/s per core used (``--num-cpus``: the decode
+  result costs), into a fresh store and again after two epochs, and where the stream's
+  CPU-seconds went;
+- the plain single-process loop (same transforms, no Ray) and the Ray stream over two epochs
+  (the object store fresh, then warm), consumed here as a training worker consumes it: windows/s, windows/s per core used (``--num-cpus``: the decode
   tasks run on them, and so does this consumer's batch assembly on a 2-core machine) against
   the one-core bound, and batches/s with how far ahead the stream works (what a GPU step
   would draw from);
@@ -304,32 +305,39 @@ def main() -> None:
 
     ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
     put = object_store_put_seconds(stream)
-    print(f"object store put, one core: {put * 1e3:8.1f} ms of CPU per decoded episode = "
-          f"{put / (stream.index.num_steps[0] * views / task):.2f} of its decode time (what a decode task's result costs)")
+    episode_decode_s = stream.index.num_steps[0] * views / task
+    print(f"object store put, one core: {put * 1e3:8.1f} ms of CPU per decoded episode into a fresh object store = "
+          f"{put / episode_decode_s:.2f} of its decode time (what a decode task's result costs)")
     for _, _ in zip(range(2), stream.batches(epoch=99)):  # warm up the Ray workers (imports), not timed
         pass
-    memory, cpu = PeakRSS(), cpu_seconds()
-    ray_n, ray_s = timed(lambda: sum(len(b["actions"]) for b in stream.batches(epoch=0)))
-    peak, busy = memory.stop(), cpu_seconds() - cpu
-    per_core = ray_n / ray_s / args.num_cpus
-    print(f"Ray stream ({args.num_cpus} CPUs)       : {ray_n / ray_s:8.0f} windows/s ({ray_n} windows, {ray_s:.1f} s; "
-          f"{ray_n / ray_s / (plain_n / plain_s):.2f} x the plain loop)")
-    print(f"  per CPU given to Ray    : {per_core:8.0f} windows/s = {per_core / bound:.2f} x the one-core decode bound "
-          f"(decode tasks, and this consumer's batch assembly beside them)")
-    print(f"  per core-second used    : {ray_n / busy:8.0f} windows/s = {ray_n / busy / bound:.2f} x the one-core decode "
-          f"bound ({busy:.1f} CPU-s of this process and its Ray processes in {ray_s:.1f} s: "
-          f"{busy / ray_s:.2f} cores busy)")
+    for epoch, store in enumerate(("fresh", "warm")):  # a fresh object store's pages fault on first use
+        memory, cpu = PeakRSS(), cpu_seconds()
+        ray_n, ray_s = timed(lambda: sum(len(b["actions"]) for b in stream.batches(epoch=epoch)))
+        peak, busy = memory.stop(), cpu_seconds() - cpu
+        per_core = ray_n / ray_s / args.num_cpus
+        print(f"Ray stream, epoch {epoch} ({store} object store, {args.num_cpus} CPUs): {ray_n / ray_s:8.0f} windows/s "
+              f"({ray_n} windows, {ray_s:.1f} s; {ray_n / ray_s / (plain_n / plain_s):.2f} x the plain loop)")
+        print(f"  per CPU given to Ray    : {per_core:8.0f} windows/s = {per_core / bound:.2f} x the one-core decode "
+              f"bound (decode tasks, and this consumer's batch assembly beside them)")
+        print(f"  per core-second used    : {ray_n / busy:8.0f} windows/s = {ray_n / busy / bound:.2f} x the one-core "
+              f"decode bound ({busy:.1f} CPU-s of this process and its Ray processes in {ray_s:.1f} s: "
+              f"{busy / ray_s:.2f} cores busy)")
+        if epoch == 0:
+            first_peak = peak
     rest = cpu_seconds()
     time.sleep(3.0)
     rest = (cpu_seconds() - rest) / 3.0
     work = ray_n * (views / task + 1 / assembly)
-    print(f"  where the CPU-s went    : {work:8.1f} decoding and assembling (the one-core rates above), "
+    print(f"  where epoch 1's CPU-s went: {work:6.1f} decoding and assembling (the one-core rates above), "
           f"{rest * ray_s:.1f} the Ray node's background ({rest:.2f} cores at rest), "
-          f"{busy - work - rest * ray_s:.1f} the rest (object store puts: {put * len(stream.index.addresses):.1f}; "
-          f"task scheduling)")
+          f"{busy - work - rest * ray_s:.1f} the rest (object store puts, task scheduling)")
     print(f"  for a GPU step          : {ray_n / ray_s / cfg.batch_size:8.1f} batches of {cfg.batch_size} per second; "
           f"ready ahead: {cfg.prefetch_batches} assembled batches (data.prefetch_batches), "
           f"{cfg.decode_ahead} episodes decoding (data.decode_ahead)")
+    peak = max(first_peak, peak)
+    put = object_store_put_seconds(stream)
+    print(f"object store put, warm    : {put * 1e3:8.1f} ms of CPU per decoded episode after two epochs = "
+          f"{put / episode_decode_s:.2f} of its decode time")
 
     margin = frame_margin(cfg, train=True)
     episode_mb = shape["steps"] * views * 3 * (shape["out_size"] + 2 * margin) ** 2 / 2**20

@@ -1,6 +1,6 @@
 """Convert robot episodes into the Parquet format, or validate a dataset.
 
-    python pipelines/prepare_data.py synthetic OUT [--episodes 200 --val-episodes 20 --seed 0 --image-size 32]
+    python pipelines/prepare_data.py synthetic OUT [--episodes 200 --val-episodes 20 --seed 0 --image-size 32 --action-noise 0]
     python pipelines/prepare_data.py calvin CALVIN_DIR OUT [--image-encoding png|jpeg]
     python pipelines/prepare_data.py lerobot LEROBOT_DIR OUT [--camera static=observation.images.top ...]
     python pipelines/prepare_data.py validate ROOT
@@ -37,6 +37,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     synthetic.add_argument("--val-episodes", type=int, default=20)
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.add_argument("--image-size", type=int, default=32)
+    synthetic.add_argument("--action-noise", type=float, default=0.0,
+                           help="std of the noise added to the executed motion (DART); the expert's action is recorded")
 
     calvin = sub.add_parser("calvin", help="a CALVIN split folder (training/ and validation/)")
     calvin.add_argument("source")
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "synthetic":
             meta = convert_synthetic(args.out, episodes=args.episodes, val_episodes=args.val_episodes,
                                      seed=args.seed, image_size=args.image_size, parallel=args.parallel,
-                                     max_shard_bytes=shard_bytes)
+                                     action_noise=args.action_noise, max_shard_bytes=shard_bytes)
         elif args.command == "calvin":
             meta = convert_calvin(args.source, args.out, parallel=args.parallel,
                                   image_encoding=args.image_encoding, max_shard_bytes=shard_bytes)

@@ -37,13 +37,19 @@ def lerobot_overrides(root: Path) -> list[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_training_reads_a_lerobot_video_folder(ray_session, tiny_run, lerobot_v3, tmp_path):
+def test_training_reads_a_lerobot_video_folder(ray_session, tiny_run, lerobot_v3, tmp_path, monkeypatch):
+    import vla.data.lerobot_stream as lerobot_stream
+
+    computed = []  # action statistics of the train episodes (a read of their actions), on this driver
+    normalizer = lerobot_stream.lerobot_normalizer
+    monkeypatch.setattr(lerobot_stream, "lerobot_normalizer", lambda *a: computed.append(1) or normalizer(*a))
     log = tmp_path / "windows"
     cfg = load_config(None, [*tiny_run(tmp_path, "lerobot"), *lerobot_overrides(lerobot_v3), f"data.window_log={log}",
                              "train.max_steps=3", "train.val_every=3", "run.export=false"])
     train_steps = sum(steps for _, steps in EPISODES[:-1])  # the last episode is val
     assert count_windows(cfg.data, "train") == train_steps
     result = run_training(cfg)
+    assert len(computed) == 1  # the check's; the train and val streams reuse them (they were computed 3 times)
     assert result.metrics["step"] == 3
     assert math.isfinite(result.metrics["loss"]) and math.isfinite(result.metrics["val_loss"])
     seen = {tuple(w) for rank in range(2) for line in (log / f"train-rank{rank}.jsonl").read_text().splitlines()

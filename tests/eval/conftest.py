@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from vla.config import Config, load_config
-from vla.data import ActionNormalizer, load_metadata
-from vla.model import VLAModel, build_model, save_export
+from benchmarks.plain_closed_loop import write_export
+from vla.config import load_config
+from vla.model import build_model
 
 TINY_MODEL = ["model.tiny_hidden_size=32", "model.tiny_num_layers=1", "model.window_size=2",
               "model.head_hidden_size=32", "model.head_num_layers=1"]
-
-
-def write_export(directory: Path, model: VLAModel, cfg: Config) -> str:
-    """What ``vla.train.loop.export_policy`` writes: the model, ``normalization.json``, ``config.yaml``."""
-    normalizer = ActionNormalizer.from_metadata(load_metadata(cfg.data.path), cfg.data)
-    save_export(directory, model, run_config=cfg.to_dict(), normalization=normalizer.to_dict())
-    return str(directory)
 
 
 @pytest.fixture(scope="session")

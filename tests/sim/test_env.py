@@ -74,3 +74,32 @@ def test_closing_away_from_the_target_grasps_nothing_and_the_expert_recovers():
     while not done:
         _, success, done = env.step(env.expert_action())
     assert success
+
+
+def test_noisy_demonstrations_record_the_experts_action_in_the_states_the_noise_reached():
+    from vla.data.converters.synthetic import rollout
+    from vla.data.metadata import DataError
+    from vla.data.converters.synthetic import convert_synthetic
+
+    env = SyntheticEnv()
+    clean = [rollout(env, seed) for seed in range(20)]
+    noisy = [rollout(env, seed, action_noise=0.5) for seed in range(20)]
+    assert sum(not np.array_equal(c.state, n.state) for c, n in zip(clean, noisy)) >= 18
+    replay = rollout(env, 3, action_noise=0.5)  # a seed's noise is drawn from that seed alone
+    np.testing.assert_array_equal(replay.actions, noisy[3].actions)
+    for episode in noisy[:5]:  # replayed: in every recorded state the label is the expert's action there
+        seed, noise = int(episode.episode_id), np.random.default_rng([int(episode.episode_id), 1])
+        env.reset(seed)
+        for state, label in zip(episode.state, episode.actions):
+            np.testing.assert_array_equal(env.observation()["state"], state)
+            np.testing.assert_array_equal(env.expert_action(), label)
+            executed = label.copy()
+            executed[:3] += 0.5 * noise.standard_normal(3)
+            env.step(executed)
+    assert sum(len(n.actions) for n in noisy) > sum(len(c.actions) for c in clean)  # detours
+    try:
+        convert_synthetic("unused", action_noise=1.5)
+    except DataError as err:
+        assert "action_noise" in str(err)
+    else:
+        raise AssertionError("action_noise 1.5 was accepted")

@@ -140,15 +140,18 @@ def check_lerobot(data_cfg: DataConfig, splits: list[str]) -> ActionNormalizer:
 
 
 def build_lerobot_stream(data_cfg: DataConfig, split: str, *, window_size: int, fwd_pred_next_n: int,
-                         image_size: int, tokenizer_dir: str, train: bool) -> WindowStream:
+                         image_size: int, tokenizer_dir: str, train: bool,
+                         normalizer: ActionNormalizer | None = None) -> WindowStream:
     """The windows of ``split`` ("train" or "val", the converter's rule) of the LeRobot folder at
-    ``data.path``. Metadata problems raise ``DataError`` here."""
+    ``data.path``, normalized by ``normalizer`` (computed from the train episodes when None).
+    Metadata problems raise ``DataError`` here."""
     folder = open_lerobot(data_cfg)
     return WindowStream(
         data_cfg=data_cfg,
         split=split,
         index=folder.index(split),
-        reader=LeRobotEpisodes(folder.source, list(data_cfg.cameras), image_size, lerobot_normalizer(folder, data_cfg),
+        reader=LeRobotEpisodes(folder.source, list(data_cfg.cameras), image_size,
+                               normalizer or lerobot_normalizer(folder, data_cfg),
                                frame_margin(data_cfg, train)),
         tokenize=Tokenize(load_tokenizer(tokenizer_dir), data_cfg.max_text_len),
         batcher=window_batcher(data_cfg, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n, train=train),

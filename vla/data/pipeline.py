@@ -104,12 +104,14 @@ def frame_margin(data_cfg: DataConfig, train: bool) -> int:
     return max(data_cfg.shift_static, data_cfg.shift_wrist) if train else 0
 
 
-def decode_chain(data_cfg: DataConfig, meta: DatasetMetadata, image_size: int, margin: int = 0) -> EpisodeChain:
-    """What a decode task does to a stored episode row (tokenizing happens in the worker)."""
+def decode_chain(data_cfg: DataConfig, meta: DatasetMetadata, image_size: int, margin: int = 0,
+                 normalizer: ActionNormalizer | None = None) -> EpisodeChain:
+    """What a decode task does to a stored episode row (tokenizing happens in the worker);
+    ``normalizer`` defaults to the one of the metadata's train statistics."""
     return EpisodeChain([CheckRow(data_cfg.cameras),
                          DecodeImages(data_cfg.cameras, image_size, camera_frame_sizes(meta.cameras, data_cfg.cameras),
                                       margin),
-                         Normalize(ActionNormalizer.from_metadata(meta, data_cfg))])
+                         Normalize(normalizer or ActionNormalizer.from_metadata(meta, data_cfg))])
 
 
 def window_batcher(data_cfg: DataConfig, *, window_size: int, fwd_pred_next_n: int, train: bool) -> WindowBatcher:
@@ -310,14 +312,20 @@ def check_dataset(data_cfg: DataConfig, splits: list[str]) -> ActionNormalizer:
 
 
 def build_window_stream(data_cfg: DataConfig, split: str, *, window_size: int, fwd_pred_next_n: int,
-                        image_size: int, tokenizer_dir: str, train: bool) -> WindowStream:
+                        image_size: int, tokenizer_dir: str, train: bool,
+                        normalizer: ActionNormalizer | None = None) -> WindowStream:
     """The stream of ``split``'s windows (of Parquet episodes, or of a LeRobot folder with
-    ``data.format: lerobot``). Structural problems raise ``DataError`` here, before training."""
+    ``data.format: lerobot``). Structural problems raise ``DataError`` here, before training.
+
+    ``normalizer``: the train split's action normalizer when the caller has it (``check_dataset``
+    returns it); without it the stream computes it, a pass over a LeRobot folder's actions.
+    """
     if data_cfg.format == "lerobot":
         from vla.data.lerobot_stream import build_lerobot_stream  # it builds on this module
 
         return build_lerobot_stream(data_cfg, split, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n,
-                                    image_size=image_size, tokenizer_dir=tokenizer_dir, train=train)
+                                    image_size=image_size, tokenizer_dir=tokenizer_dir, train=train,
+                                    normalizer=normalizer)
     meta = load_metadata(data_cfg.path)
     split_files(data_cfg.path, meta, split, data_cfg.cameras)
     return WindowStream(
@@ -325,7 +333,7 @@ def build_window_stream(data_cfg: DataConfig, split: str, *, window_size: int, f
         split=split,
         index=read_episode_index(data_cfg.path, split),
         reader=ParquetEpisodes(data_cfg.path, data_cfg.cameras,
-                               decode_chain(data_cfg, meta, image_size, frame_margin(data_cfg, train)),
+                               decode_chain(data_cfg, meta, image_size, frame_margin(data_cfg, train), normalizer),
                                data_cfg.cache_remote),
         tokenize=Tokenize(load_tokenizer(tokenizer_dir), data_cfg.max_text_len),
         batcher=window_batcher(data_cfg, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n, train=train),
