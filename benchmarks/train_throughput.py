@@ -2,6 +2,7 @@
 
     python benchmarks/train_throughput.py --backbone paligemma --hidden 64 --layers 2 --workers 2 --steps 40
     python benchmarks/train_throughput.py --gpu --workers 1 --hidden 1024 --layers 8 --batch 16   # on a GPU node
+    python benchmarks/train_throughput.py --hidden 128 --window 1 --batch 16 --steps 300 --fsdp-unit model  # the demo's shape
 
 Platform: ``run_training`` (Ray Train, FSDP2, Ray Data streaming from Parquet, progress,
 checkpoint at the end). Bare loop: one process, the same model and optimizer, one batch of
@@ -47,6 +48,7 @@ def run_arguments(description: str, *, steps: int, episodes: int) -> argparse.Ar
 def parse_args() -> argparse.Namespace:
     parser = run_arguments(__doc__, steps=40, episodes=100)
     parser.add_argument("--gpu", action="store_true")
+    parser.add_argument("--fsdp-unit", choices=("block", "model"), default="block", help="train.fsdp_unit")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator bf16 peak (H100/H200 dense: 989)")
     return parser.parse_args()
 
@@ -125,13 +127,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = f"{tmp}/data"
         convert_synthetic(data, episodes=args.episodes, val_episodes=4, image_size=args.image_size)
-        platform = platform_run(args, data, f"{tmp}/runs")
+        platform = platform_run(args, data, f"{tmp}/runs", [f"train.fsdp_unit={args.fsdp_unit}"])
         bare = bare_loop(args, data)
         model = build_model(load_config(None, overrides(args, data, tmp)).model)
     _, params = count_parameters(model)
     device = "GPU" if args.gpu else "CPU"
     print(f"\n{args.backbone} hidden {args.hidden} x {args.layers} layers, {params / 1e6:.2f}M params, "
-          f"window {args.window}, {args.batch} windows/worker, {args.workers} worker(s) on {device}")
+          f"window {args.window}, {args.batch} windows/worker, {args.workers} worker(s) on {device}, "
+          f"FSDP units per {args.fsdp_unit}")
     print(f"{'':>10} {'samples/s':>10} {'step (s)':>9} {'data wait (s)':>13} {'peak MB/worker':>15}")
     print(f"{'platform':>10} {platform['samples_per_s']:10.1f} {platform['step_time_s']:9.3f} "
           f"{platform['data_wait_s']:13.3f} {platform['peak_memory_mb']:15.0f}")

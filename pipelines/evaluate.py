@@ -61,8 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"closed loop on {loop['env']}: {loop['episodes']} episodes per policy")
     for name, result in loop["policies"].items():
         low, high = result["success_ci95"]
+        failures = ", ".join(f"{count} {outcome}" for outcome, count in result["outcomes"].items()
+                             if outcome != "success" and count)
         print(f"  {name:<9} success {result['success_rate']:6.1%}  (95% CI {low:.1%}-{high:.1%}, "
-              f"mean steps {result['mean_steps']:.1f})")
+              f"mean steps {result['mean_steps']:.1f}); failures: {failures or 'none'}")
     if report["offline"]:
         off = report["offline"]
         dims = " ".join(f"{e:.3f}" for e in off["pose_error_per_dim_unnormalized"])

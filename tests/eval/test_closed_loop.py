@@ -22,7 +22,7 @@ def test_baselines_rarely_succeed():
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_briefly_trained_policy_beats_random_and_constant_closed_loop(ray_session, export_writer, tmp_path):
     """The demo's config and data (configs/demo.yaml, DEMO_EPISODES noisy scenes) trained in one process."""
     root = str(tmp_path / "synthetic")
@@ -36,5 +36,5 @@ def test_briefly_trained_policy_beats_random_and_constant_closed_loop(ray_sessio
 
     report, _ = closed_loop(export, cfg, EvalOptions(episodes=100, tasks_per_policy=2, record=0))
     rates = {name: result["success_rate"] for name, result in report["policies"].items()}
-    assert rates["trained"] >= 0.20, rates  # measured 0.44 at training seeds 0 and 1 (docs/evaluation.md)
+    assert rates["trained"] >= 0.20, rates  # measured 0.44 at seed 0, 6000 steps (docs/evaluation.md)
     assert rates["trained"] >= max(rates["random"], rates["constant"]) + 0.05, rates

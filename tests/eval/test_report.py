@@ -12,6 +12,7 @@ from vla.eval.report import (
     CLOSED_LOOP_FIELDS, FILES_FIELDS, OFFLINE_FIELDS, POLICY_FIELDS, REPORT_FIELDS,
 )
 from vla.eval.rollout import wilson_interval
+from vla.sim import OUTCOMES
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "evaluation.md"
 
@@ -29,6 +30,8 @@ def test_report_has_every_field_and_docs_explain_them(ray_session, untrained_exp
     for result in loop["policies"].values():
         assert tuple(result) == POLICY_FIELDS
         assert result["episodes"] == 4 and 0.0 <= result["success_rate"] <= 1.0
+        assert tuple(result["outcomes"]) == OUTCOMES and sum(result["outcomes"].values()) == 4
+        assert result["outcomes"]["success"] == result["successes"]
     assert loop["constant_action"][6] == 1.0 and len(loop["constant_action"]) == 7
     assert tuple(report["offline"]) == OFFLINE_FIELDS
     assert len(report["offline"]["pose_error_per_dim"]) == 6 and report["offline"]["windows"] > 0

@@ -103,3 +103,26 @@ def test_noisy_demonstrations_record_the_experts_action_in_the_states_the_noise_
         assert "action_noise" in str(err)
     else:
         raise AssertionError("action_noise 1.5 was accepted")
+
+
+def test_outcome_tells_failures_apart_by_what_was_grasped():
+    def expert_until(env: SyntheticEnv, stop) -> None:
+        done = False
+        while not done and not stop(env):
+            _, _, done = env.step(env.expert_action())
+
+    env = SyntheticEnv()
+    env.reset(3)
+    assert env.outcome() == "grasped nothing"
+    expert_until(env, lambda e: e.held is not None)
+    assert env.held == env.target and env.outcome() == "grasped the target, not lifted"
+    expert_until(env, lambda e: False)
+    assert env.outcome() == "success"
+
+    env.reset(3)
+    asked, env.target = env.target, (env.target + 1) % len(env.blocks)  # the expert picks another block ...
+    expert_until(env, lambda e: e.held is not None)
+    env.target = asked  # ... than the instruction asked for
+    assert env.held != asked and env.outcome() == "picked another block"
+    env.reset(3)
+    assert env.grasped == set() and env.outcome() == "grasped nothing"  # a new episode forgets the last

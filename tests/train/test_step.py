@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.fsdp import FSDPModule
 
 from vla.config import Config
 from vla.model import build_model
@@ -147,21 +148,25 @@ def test_gradient_accumulation_equals_one_big_batch_and_logs_the_mean_over_ranks
     run_ranks(_accumulation)
 
 
-# --- activation checkpointing, fp16 and bf16 -------------------------------------------------
+# --- activation checkpointing, whole-model FSDP units, fp16 and bf16 --------------------------
 
 
 def _checkpointing_and_precision(rank: int) -> None:
     batch = make_batch(seed=10 + rank, size=2)
     grads = []
-    for checkpointing in (False, True):
-        trainer = make_trainer(TrainConfig(activation_checkpointing=checkpointing))
+    for variant in (TrainConfig(), TrainConfig(activation_checkpointing=True), TrainConfig(fsdp_unit="model")):
+        trainer = make_trainer(variant)
+        units = [m for m in trainer.model.modules() if isinstance(m, FSDPModule)]
+        blocks = len(trainer.model.backbone.vision_blocks()) + len(trainer.model.backbone.decoder_blocks())
+        assert len(units) == (2 if variant.fsdp_unit == "model" else blocks + 2)  # + the head and the root
         forward_loss(trainer.model, batch)["loss"].backward()
         grads.append(full_grads(trainer.model))
-    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 10
+    assert grads[0].keys() == grads[1].keys() == grads[2].keys() and len(grads[0]) > 10
     vision = [name for name in grads[0] if "vision" in name]
     assert vision, "the vision tower trains, so checkpointing it is exercised"
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+        torch.testing.assert_close(grads[2][name], grad, rtol=1e-5, atol=1e-7, msg=name)
 
     for precision in ("bf16", "fp16"):
         trainer = make_trainer(TrainConfig(precision=precision, lr=5e-3))
@@ -178,7 +183,7 @@ def _checkpointing_and_precision(rank: int) -> None:
             assert not trainer.scaler.is_enabled()
 
 
-def test_activation_checkpointing_keeps_gradients_and_bf16_fp16_runs_learn():
+def test_checkpointing_and_whole_model_units_keep_gradients_and_bf16_fp16_runs_learn():
     run_ranks(_checkpointing_and_precision)
 
 
@@ -237,9 +242,11 @@ def test_config_rejects_unknown_precision_optimizer_and_compile():
     from vla.configuration import ConfigError
     from vla.config import load_config
 
-    for override in ("train.precision=fp8", "train.optimizer=sgd", "train.compile=maybe"):
+    for override in ("train.precision=fp8", "train.optimizer=sgd", "train.compile=maybe", "train.fsdp_unit=layer"):
         with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[1]):
             load_config(None, [override])
+    with pytest.raises(ConfigError, match="fsdp_unit: model gathers every block at once"):
+        load_config(None, ["train.fsdp_unit=model", "train.tensor_parallel_size=2"])
     cfg = load_config(None, ["train.compile=off", "train.precision=fp16", "train.optimizer=adamw_fused"])
     assert cfg.train.compile is False and dataclasses.asdict(cfg.train)["precision"] == "fp16"
 

@@ -13,7 +13,8 @@ from vla.eval.rollout import EpisodeResult
 # Top-level fields of report.json and the fields of each part (docs/evaluation.md explains them).
 REPORT_FIELDS = ("export", "created", "closed_loop", "offline", "calvin", "files", "timing_s")
 CLOSED_LOOP_FIELDS = ("env", "episodes", "seeds", "max_steps", "policies", "constant_action", "margin_over_baselines")
-POLICY_FIELDS = ("success_rate", "success_ci95", "successes", "episodes", "mean_steps", "mean_steps_to_success")
+POLICY_FIELDS = ("success_rate", "success_ci95", "successes", "episodes", "mean_steps", "mean_steps_to_success",
+                 "outcomes")
 OFFLINE_FIELDS = ("split", "windows", "steps", "loss", "loss_arm", "loss_gripper", "pose_error",
                   "pose_error_per_dim", "pose_error_per_dim_unnormalized", "gripper_accuracy")
 FILES_FIELDS = ("report", "plot", "strips")

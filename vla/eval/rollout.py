@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from vla.sim import SimConfig, SyntheticEnv
+from vla.sim import OUTCOMES, SimConfig, SyntheticEnv
 
 CAMERAS = ("static", "wrist")
 EVAL_SEED_OFFSET = 1_000_000  # evaluation scenes never coincide with the demonstrations' seeds
@@ -71,6 +71,7 @@ class EpisodeResult:
     instruction: str
     success: bool
     steps: int
+    outcome: str = ""  # one of vla.sim.OUTCOMES, once the episode has ended
     frames: list[dict[str, np.ndarray]] = field(default_factory=list)  # camera images per step, if recorded
 
 
@@ -94,6 +95,8 @@ def run_episodes(policy: BatchPolicy, seeds: list[int], sim: SimConfig, record: 
                 continue
             observations[i], success, done[i] = env.step(actions[i])
             results[i].success, results[i].steps = bool(success), results[i].steps + 1
+            if done[i]:
+                results[i].outcome = env.outcome()
             if i < record:
                 results[i].frames.append(dict(observations[i]["images"]))
     return results
@@ -137,7 +140,7 @@ def wilson_interval(successes: int, episodes: int, z: float = 1.96) -> tuple[flo
 
 
 def summarize(results: list[EpisodeResult]) -> dict:
-    """Success rate, its 95% interval, counts and episode lengths of one policy's episodes."""
+    """Success rate, its 95% interval, counts, episode lengths and outcomes of one policy's episodes."""
     successes = sum(r.success for r in results)
     lengths = [r.steps for r in results if r.success]
     return {
@@ -147,4 +150,5 @@ def summarize(results: list[EpisodeResult]) -> dict:
         "episodes": len(results),
         "mean_steps": float(np.mean([r.steps for r in results])) if results else 0.0,
         "mean_steps_to_success": float(np.mean(lengths)) if lengths else None,
+        "outcomes": {outcome: sum(r.outcome == outcome for r in results) for outcome in OUTCOMES},
     }

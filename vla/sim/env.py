@@ -28,6 +28,9 @@ TABLE_RGB = np.array((110, 85, 60), np.uint8)
 OUTSIDE_RGB = np.array((0, 0, 0), np.uint8)
 GRIPPER_RGB = np.array((255, 255, 255), np.uint8)
 
+# How an episode ended (``SyntheticEnv.outcome``), the failures told apart by what was grasped.
+OUTCOMES = ("success", "picked another block", "grasped the target, not lifted", "grasped nothing")
+
 
 @dataclass
 class SimConfig:
@@ -71,6 +74,7 @@ class SyntheticEnv:
         self.gripper = np.zeros(3)  # x, y, z
         self.closed = False
         self.held: int | None = None
+        self.grasped: set[int] = set()  # every block grasped in this episode
         self.steps = 0
 
     # --- episode --------------------------------------------------------------------------
@@ -88,7 +92,7 @@ class SyntheticEnv:
         self.blocks = [Block(str(c), float(p[0]), float(p[1])) for c, p in zip(colours, places)]
         self.target = int(rng.integers(n))
         self.gripper = np.array([*rng.uniform(0.1, 0.9, size=2), 1.0])
-        self.closed, self.held, self.steps = False, None, 0
+        self.closed, self.held, self.steps, self.grasped = False, None, 0, set()
         return self.observation()
 
     @property
@@ -97,6 +101,14 @@ class SyntheticEnv:
 
     def success(self) -> bool:
         return self.held == self.target and self.gripper[2] >= self.cfg.lift_height - 1e-6
+
+    def outcome(self) -> str:
+        """One of ``OUTCOMES``: success, else whether another block, the target or nothing was grasped."""
+        if self.success():
+            return OUTCOMES[0]
+        if self.grasped - {self.target}:
+            return OUTCOMES[1]
+        return OUTCOMES[2] if self.target in self.grasped else OUTCOMES[3]
 
     def step(self, action) -> tuple[dict, bool, bool]:
         """Apply one 7-DOF action (clipped to [-1, 1]); returns ``(obs, success, done)``."""
@@ -107,6 +119,8 @@ class SyntheticEnv:
         close = a[6] < 0
         if close and not self.closed:
             self.held = self._block_under_gripper() if self.gripper[2] <= cfg.grasp_height else None
+            if self.held is not None:
+                self.grasped.add(self.held)
         elif not close and self.held is not None:
             self.blocks[self.held].z = 0.0  # released: the block drops where it is
             self.held = None

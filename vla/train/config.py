@@ -47,6 +47,10 @@ class TrainConfig:
     # of weights and optimizer state, but AdamW steps smaller than half a bf16 step are lost:
     # at lr 2e-5 most of them; only for models whose fp32 shards do not fit, with bf16 compute).
     weights: Literal["fp32", "bf16"] = "fp32"
+    # What FSDP2 gathers at once: each vision and LM block (only one block's full weights in
+    # memory at a time), or the whole model (one all-gather and one reduce-scatter per step:
+    # small models, whose many collectives cost more in latency than in bytes, as on CPU)
+    fsdp_unit: Literal["block", "model"] = "block"
     activation_checkpointing: bool = False  # recompute every vision and LM block in backward
     compile: Literal["auto", True, False] = "auto"  # torch.compile each block; auto = on CUDA only
     hsdp_replicas: int = 1  # > 1: replicate across this many groups (nodes), shard within
@@ -94,6 +98,8 @@ class TrainConfig:
             f"must divide num_workers ({self.num_workers})",
         )
         check(self.tensor_parallel_size >= 1, "tensor_parallel_size", "must be >= 1")
+        check(self.fsdp_unit == "block" or self.tensor_parallel_size == 1, "fsdp_unit",
+              "model gathers every block at once; tensor parallelism is for LMs too large for that (use block)")
         check(
             self.num_workers % (self.hsdp_replicas * self.tensor_parallel_size) == 0,
             "tensor_parallel_size",

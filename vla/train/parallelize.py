@@ -5,9 +5,11 @@ The model knows nothing of parallelism; this is the one place that does:
    ``vla.train.tensor_parallel``),
 1. activation checkpointing on each vision and LM block (optional),
 2. ``torch.compile`` on each of those blocks (optional; before sharding, or nothing compiles),
-3. ``fully_shard`` on every vision block and decoder block,
+3. ``fully_shard`` on every vision block and decoder block (``train.fsdp_unit`` block),
 4. ``fully_shard`` on the policy head with an fp32 policy (an LSTM in bf16 fails on fp32 inputs),
-5. ``fully_shard`` on the root for what is left (embeddings, projector, action token).
+5. ``fully_shard`` on the root for what is left (embeddings, projector, action token; with
+   ``train.fsdp_unit`` model also the blocks: one all-gather and one reduce-scatter per step
+   for all of them, kept gathered from forward to backward).
 Build the optimizer after this, over the sharded parameters (``vla.train.schedule``).
 
 Every module sharded here returns a tensor or a NamedTuple (``ActionOutput``): FSDP2 registers
@@ -91,13 +93,18 @@ def apply_compile(model: nn.Module) -> None:
         block.compile()
 
 
-def apply_fsdp(model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype) -> None:
-    """Shard each block, then the head (fp32), then the root."""
+def apply_fsdp(model: nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype, unit: str) -> None:
+    """Shard each block (``unit`` block), then the head (fp32), then the root.
+
+    With ``unit`` model the blocks stay in the root's unit and the head keeps its gathered
+    weights until backward: per step two all-gathers and two reduce-scatters in all.
+    """
     mixed = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     full = MixedPrecisionPolicy(param_dtype=torch.float32, reduce_dtype=torch.float32)
-    for block in transformer_blocks(model):
-        fully_shard(block, mesh=mesh, mp_policy=mixed)
-    fully_shard(model.head, mesh=mesh, mp_policy=full)
+    if unit == "block":
+        for block in transformer_blocks(model):
+            fully_shard(block, mesh=mesh, mp_policy=mixed)
+    fully_shard(model.head, mesh=mesh, mp_policy=full, reshard_after_forward=unit == "block")
     fully_shard(model, mesh=mesh, mp_policy=mixed)
 
 
@@ -111,7 +118,7 @@ def parallelize(model: nn.Module, train_cfg: TrainConfig, device: torch.device, 
         apply_activation_checkpointing(model)
     if compile_enabled(train_cfg, device):
         apply_compile(model)
-    apply_fsdp(model, data_parallel_mesh(mesh), param_dtype_for(train_cfg, device))
+    apply_fsdp(model, data_parallel_mesh(mesh), param_dtype_for(train_cfg, device), train_cfg.fsdp_unit)
     return model
 
 
