@@ -27,7 +27,8 @@ from vla.data import ActionNormalizer, load_metadata
 from vla.data.converters.synthetic import convert_synthetic
 from vla.data.pipeline import episode_to_windows, load_tokenizer, split_files
 from vla.data.transforms import BATCH_KEYS
-from vla.eval.rollout import evaluation_seeds, run_episodes, summarize
+from vla.eval.environments import SyntheticEnvironment, evaluation_episodes
+from vla.eval.rollout import run_episodes, summarize
 from vla.model import build_model, build_tokenizer, save_export
 from vla.policy import Policy
 from vla.sim import SimConfig
@@ -97,7 +98,8 @@ def main() -> None:
     model = train_plainly(cfg, windows)
     seconds = time.perf_counter() - start
     policy = Policy.load(write_export(f"{work}/export", model, cfg), "cpu")
-    result = summarize(run_episodes(policy, evaluation_seeds(args.eval_episodes), SimConfig(image_size=cfg.model.image_size)))
+    env = SyntheticEnvironment(SimConfig(image_size=cfg.model.image_size))
+    result = summarize(run_episodes(policy, evaluation_episodes(env, args.eval_episodes), env), env.outcomes)
     low, high = result["success_ci95"]
     print(f"{args.episodes} demonstrations (action noise {args.action_noise}), {len(windows['actions'])} windows, "
           f"overrides {args.overrides or 'none'}")

@@ -3,7 +3,8 @@ closed-loop score of sweep trials run, as one Ray task beside the training worke
 
 The sharded DCP checkpoint is loaded into a single unsharded model (DCP reshards on load),
 wrapped in the same ``Policy`` an export gives, and measured:
-- closed loop: ``train.eval.episodes`` episodes on the built-in simulator (vla.sim), in lockstep;
+- closed loop: ``train.eval.episodes`` episodes in the environment of the training data (the
+  built-in simulator, or MetaWorld for MetaWorld data: ``vla.eval.environments``), in lockstep;
 - offline: the first ``train.eval.offline_batches`` batches of the validation split;
 - CALVIN's long-horizon protocol when ``train.eval.calvin_dataset`` is set and calvin_env is installed.
 """
@@ -24,9 +25,9 @@ from vla.config import Config, resolve_config
 from vla.data.stats import ActionNormalizer
 from vla.data.transforms import Tokenize
 from vla.eval.calvin import calvin_available, evaluate_calvin
-from vla.eval.evaluate import sim_config
+from vla.eval.environments import environment_for, evaluation_episodes
 from vla.eval.offline import evaluate_offline_local
-from vla.eval.rollout import evaluation_seeds, run_episodes, summarize
+from vla.eval.rollout import run_episodes, summarize
 from vla.eval.settings import EvalConfig
 from vla.model import VLAModel, build_model, build_tokenizer
 from vla.model.export import NORMALIZATION_FILE
@@ -63,10 +64,16 @@ def policy_from_checkpoint(checkpoint_dir: Path, run: Config, normalization: dic
 
 
 def closed_loop_metrics(policy: Policy, run: Config, settings: EvalConfig) -> dict[str, float]:
-    summary = summarize(run_episodes(policy, evaluation_seeds(settings.episodes, settings.seed), sim_config(run)))
+    """Success (with its 95% interval, and per task when the environment has several) in the
+    environment of the run's training data (``vla.eval.environments.environment_for``)."""
+    env = environment_for(run)
+    summary = summarize(run_episodes(policy, evaluation_episodes(env, settings.episodes, settings.seed), env),
+                        env.outcomes)
     low, high = summary["success_ci95"]
+    per_task = {f"eval_success_{task}": result["success_rate"] for task, result in summary["per_task"].items()}
     return {SUCCESS_METRIC: summary["success_rate"], "eval_success_ci_low": low, "eval_success_ci_high": high,
-            "eval_episodes": summary["episodes"], "eval_mean_steps": summary["mean_steps"]}
+            "eval_episodes": summary["episodes"], "eval_mean_steps": summary["mean_steps"],
+            **(per_task if len(env.tasks) > 1 else {})}
 
 
 def evaluate_checkpoint(checkpoint: ray.train.Checkpoint, run_dir: str, run_dict: dict, *, offline: bool = True,

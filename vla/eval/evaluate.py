@@ -17,10 +17,10 @@ from vla.config import Config
 from vla.data import load_metadata
 from vla.eval.calvin import calvin_available
 from vla.eval.offline import evaluate_offline
-from vla.eval.report import plot_results, save_strips, write_report
-from vla.eval.rollout import ConstantPolicy, RandomPolicy, evaluation_seeds, rollout_in_parallel, summarize
+from vla.eval.report import plot_results, save_rollouts, write_report
+from vla.eval.environments import environment_for, evaluation_episodes
+from vla.eval.rollout import ConstantPolicy, RandomPolicy, rollout_in_parallel, summarize
 from vla.policy import Policy, load_run_config
-from vla.sim import SimConfig
 from vla.train.storage import localize, normalize_storage_path
 
 log = logging.getLogger("vla.eval")
@@ -29,7 +29,9 @@ log = logging.getLogger("vla.eval")
 @dataclass
 class EvalOptions:
     episodes: int = 100  # closed-loop episodes per policy
-    seed: int = 0  # scene seeds are EVAL_SEED_OFFSET + seed + i
+    seed: int = 0  # the k-th episode of a task runs scene EVAL_SEED_OFFSET + seed + k
+    env_tasks: list[str] | None = None  # MetaWorld: these tasks instead of the training data's
+    max_steps: int | None = None  # MetaWorld: the episode step limit (default MetaWorldConfig.max_steps)
     tasks_per_policy: int = 2  # Ray tasks per policy
     record: int = 3  # episodes per policy saved as image strips
     offline_split: str | None = "val"  # None skips the offline evaluation
@@ -38,37 +40,35 @@ class EvalOptions:
 
 
 def constant_action(run: Config) -> list[float]:
-    """The constant baseline: the training split's mean action with the gripper open (+1)."""
-    stats = load_metadata(run.data.path).splits[run.data.train_split].action_stats
+    """The constant baseline: the training split's mean action, a binary gripper open (+1)."""
+    meta = load_metadata(run.data.path)
+    stats = meta.splits[run.data.train_split].action_stats
     if stats is None:
         raise ValueError(f"{run.data.path}: the training split has no action statistics")
-    return [*stats.mean[:6], 1.0]
-
-
-def sim_config(run: Config) -> SimConfig:
-    """The built-in environment as the demonstrations were rendered (at the model's image size)."""
-    return SimConfig(image_size=run.model.image_size)
+    return [*stats.mean[:6], 1.0] if meta.action_dim == 7 else list(stats.mean)
 
 
 def closed_loop(export_dir: str, run: Config, options: EvalOptions) -> tuple[dict, dict]:
     """Trained, random and constant policies on the same scenes; returns (report part, episodes)."""
-    sim = sim_config(run)
-    seeds = evaluation_seeds(options.episodes, options.seed)
+    env = environment_for(run, options.env_tasks, options.max_steps)
+    episodes = evaluation_episodes(env, options.episodes, options.seed)
     constant = constant_action(run)
     factories = {
         "trained": functools.partial(Policy.load, export_dir, options.device),
-        "random": RandomPolicy(options.seed),
+        "random": RandomPolicy(options.seed, env.action_dim),
         "constant": ConstantPolicy(constant),
     }
-    results = rollout_in_parallel(factories, seeds, sim, tasks_per_policy=options.tasks_per_policy,
+    results = rollout_in_parallel(factories, episodes, env, tasks_per_policy=options.tasks_per_policy,
                                   record=options.record)
-    policies = {name: summarize(episodes) for name, episodes in results.items()}
+    policies = {name: summarize(runs, env.outcomes) for name, runs in results.items()}
     best_baseline = max(policies["random"]["success_rate"], policies["constant"]["success_rate"])
+    seeds = sorted(e.seed for e in episodes)
     report = {
-        "env": "synthetic",
+        "env": env.name,
+        "tasks": list(env.tasks),
         "episodes": options.episodes,
         "seeds": [seeds[0], seeds[-1]] if seeds else [],
-        "max_steps": sim.max_steps,
+        "max_steps": env.max_steps,
         "policies": policies,
         "constant_action": constant,
         "margin_over_baselines": policies["trained"]["success_rate"] - best_baseline,
@@ -101,6 +101,7 @@ def run_evaluation(export_dir: str, out_dir: str, options: EvalOptions) -> dict:
                                    max_batches=options.offline_max_batches)
         timing["offline"] = time.perf_counter() - start
 
+    strips, gifs = save_rollouts(episodes, out)
     if not calvin_available():
         log.info("CALVIN: calvin_env is not installed; skipping its long-horizon evaluation")
     report = {
@@ -112,7 +113,8 @@ def run_evaluation(export_dir: str, out_dir: str, options: EvalOptions) -> dict:
         "files": {
             "report": str(out / "report.json"),
             "plot": str(plot_results(loop_report, offline, out / "results.png")),
-            "strips": save_strips(episodes, out),
+            "strips": strips,
+            "gifs": gifs,
         },
         "timing_s": timing,
     }

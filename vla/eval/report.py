@@ -12,12 +12,12 @@ from vla.eval.rollout import EpisodeResult
 
 # Top-level fields of report.json and the fields of each part (docs/evaluation.md explains them).
 REPORT_FIELDS = ("export", "created", "closed_loop", "offline", "calvin", "files", "timing_s")
-CLOSED_LOOP_FIELDS = ("env", "episodes", "seeds", "max_steps", "policies", "constant_action", "margin_over_baselines")
+CLOSED_LOOP_FIELDS = ("env", "tasks", "episodes", "seeds", "max_steps", "policies", "constant_action", "margin_over_baselines")
 POLICY_FIELDS = ("success_rate", "success_ci95", "successes", "episodes", "mean_steps", "mean_steps_to_success",
-                 "outcomes")
+                 "outcomes", "per_task")
 OFFLINE_FIELDS = ("split", "windows", "steps", "loss", "loss_arm", "loss_gripper", "pose_error",
                   "pose_error_per_dim", "pose_error_per_dim_unnormalized", "gripper_accuracy")
-FILES_FIELDS = ("report", "plot", "strips")
+FILES_FIELDS = ("report", "plot", "strips", "gifs")
 POSE_DIMS = ("x", "y", "z", "roll", "pitch", "yaw")
 
 
@@ -41,25 +41,39 @@ def save_strip(result: EpisodeResult, path: Path, every: int = 2, scale: int = 3
     return path
 
 
-def save_strips(results: dict[str, list[EpisodeResult]], out_dir: Path) -> list[str]:
-    """Strips of every recorded episode, named ``strip_<policy>_<seed>_<success|failure>.png``."""
-    paths = []
+def save_gif(result: EpisodeResult, path: Path, scale: int = 3, frame_ms: int = 80) -> Path:
+    """One animated GIF per episode: the cameras side by side, every step."""
+    frames = [np.concatenate([frame[camera] for camera in frame], axis=1) for frame in result.frames]
+    height, width = frames[0].shape[:2]
+    images = [Image.fromarray(f).resize((width * scale, height * scale), Image.NEAREST) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=frame_ms, loop=0)
+    return path
+
+
+def save_rollouts(results: dict[str, list[EpisodeResult]], out_dir: Path) -> tuple[list[str], list[str]]:
+    """Strips and GIFs of every recorded episode, named ``strip_<policy>_[<task>_]<seed>_<success|failure>.png``
+    (and ``rollout_...gif``; the task named when the environment has several)."""
+    strips, gifs = [], []
     for name, episodes in results.items():
         for result in episodes:
             if result.frames:
-                outcome = "success" if result.success else "failure"
-                paths.append(str(save_strip(result, out_dir / f"strip_{name}_{result.seed}_{outcome}.png")))
-    return paths
+                task = f"{result.task}_" if len({r.task for r in episodes}) > 1 else ""
+                stem = f"{name}_{task}{result.seed}_{'success' if result.success else 'failure'}"
+                strips.append(str(save_strip(result, out_dir / f"strip_{stem}.png")))
+                gifs.append(str(save_gif(result, out_dir / f"rollout_{stem}.gif")))
+    return strips, gifs
 
 
 def plot_results(closed_loop: dict, offline: dict | None, path: Path) -> Path:
-    """Success rate per policy (95% intervals) and, when measured, the offline per-dimension pose error."""
+    """Success rate per policy (95% intervals), per task when there are several, and, when
+    measured, the offline per-dimension pose error."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = 2 if offline else 1
+    per_task = len(closed_loop["tasks"]) > 1
+    panels = 1 + bool(offline) + per_task
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6), squeeze=False)
     names = list(closed_loop["policies"])
     rates = [closed_loop["policies"][n]["success_rate"] for n in names]
@@ -70,12 +84,30 @@ def plot_results(closed_loop: dict, offline: dict | None, path: Path) -> Path:
     ax.set_ylim(0, 1)
     ax.set_ylabel("success rate")
     ax.set_title(f"{closed_loop['env']}: {closed_loop['episodes']} episodes per policy")
+    if per_task:
+        draw_per_task(axes[0][1], closed_loop)
     if offline:
-        ax = axes[0][1]
-        ax.bar(POSE_DIMS, offline["pose_error_per_dim_unnormalized"])
+        ax = axes[0][-1]
+        errors = offline["pose_error_per_dim_unnormalized"]
+        ax.bar(POSE_DIMS[:len(errors)] if len(errors) == len(POSE_DIMS) else [str(i) for i in range(len(errors))],
+               errors)
         ax.set_ylabel("mean |error| (action units)")
         ax.set_title(f"offline ({offline['split']}): gripper accuracy {offline['gripper_accuracy']:.2f}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def draw_per_task(ax, closed_loop: dict) -> None:
+    """Grouped bars: each policy's success rate on each task."""
+    tasks, names = closed_loop["tasks"], list(closed_loop["policies"])
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        rates = [closed_loop["policies"][name]["per_task"].get(task, {}).get("success_rate", 0.0) for task in tasks]
+        ax.bar(np.arange(len(tasks)) + k * width, rates, width, label=name)
+    ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("success rate")
+    ax.set_title("per task")
+    ax.legend(fontsize=8)

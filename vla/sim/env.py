@@ -64,7 +64,7 @@ class Block:
 
 
 class SyntheticEnv:
-    """``reset(seed) -> obs``, ``step(action) -> (obs, success, done)``, ``expert_action()``."""
+    """``reset(seed) -> obs``, ``step(action) -> (obs, success, done)``, ``outcome()``, ``expert_action()``."""
 
     def __init__(self, cfg: SimConfig | None = None):
         self.cfg = cfg or SimConfig()
@@ -137,6 +137,9 @@ class SyntheticEnv:
             if max(abs(b.x - self.gripper[0]), abs(b.y - self.gripper[1])) <= self.cfg.block_half_size:
                 return i
         return None
+
+    def close(self) -> None:
+        """Nothing to release (the interface of ``vla.eval.environments.EvalEnv``)."""
 
     # --- scripted expert ------------------------------------------------------------------
     def expert_action(self) -> np.ndarray:
