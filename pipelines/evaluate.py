@@ -3,6 +3,7 @@
     python pipelines/evaluate.py                                   # the demo run's export, 100 episodes each
     python pipelines/evaluate.py --export ~/vla_runs/NAME/export --episodes 200 --out eval/NAME
     python pipelines/evaluate.py --offline-split none              # closed loop only
+    python pipelines/evaluate.py --export ~/vla_runs/metaworld/export --env-tasks MT10   # MetaWorld data: other tasks
 
 Writes <out>/report.json (fields: docs/evaluation.md), <out>/results.png and image strips
 of a few rollouts. With no RAY_ADDRESS a local Ray instance starts; with one, it joins that cluster.
@@ -29,7 +30,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="first evaluation scene offset (default 0)")
     parser.add_argument("--tasks", type=int, default=2, help="Ray tasks per policy (default 2)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (bf16 on cuda)")
+    parser.add_argument("--env-tasks", help="MetaWorld: tasks to evaluate (names, MT10 or MT50; default: the training data's)")
+    parser.add_argument("--max-steps", type=int, help="MetaWorld: the episode step limit (default 200)")
     return parser.parse_args(argv)
+
+
+def check_environment(export: Path, args: argparse.Namespace) -> list[str] | None:
+    """Before Ray starts: the MetaWorld options make sense for this export, and MetaWorld can render."""
+    from vla.data import load_metadata
+    from vla.policy import load_run_config
+    from vla.sim.metaworld import check_gl, resolve_tasks
+
+    metaworld = load_metadata(load_run_config(export).data.path).source == "metaworld"
+    if not metaworld:
+        if args.env_tasks or args.max_steps is not None:
+            raise ValueError("--env-tasks and --max-steps apply to exports trained on MetaWorld data only")
+        return None
+    if args.max_steps is not None and not 1 <= args.max_steps <= 500:
+        raise ValueError(f"--max-steps: must be in [1, 500], got {args.max_steps}")
+    tasks = resolve_tasks(args.env_tasks, "--env-tasks") if args.env_tasks else None
+    check_gl()
+    return tasks
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     if not (export / "model.safetensors").is_file():
         print(f"error: {export} is not a policy export (train one first: python pipelines/train.py)", file=sys.stderr)
         return 2
+    try:
+        env_tasks = check_environment(export, args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     from vla.eval.evaluate import EvalOptions, run_evaluation  # imports Ray and torch
     from vla.train.launch import ensure_ray
 
@@ -53,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         tasks_per_policy=args.tasks,
         offline_split=None if args.offline_split.lower() == "none" else args.offline_split,
         device=args.device,
+        env_tasks=env_tasks,
+        max_steps=args.max_steps,
     )
     out = args.out or str(export.parent / "eval")
     report = run_evaluation(args.export, out, options)  # an s3:// export: each node caches its own copy

@@ -3,6 +3,8 @@
     python pipelines/prepare_data.py synthetic OUT [--episodes 200 --val-episodes 20 --seed 0 --image-size 32 --action-noise 0]
     python pipelines/prepare_data.py calvin CALVIN_DIR OUT [--image-encoding png|jpeg]
     python pipelines/prepare_data.py lerobot LEROBOT_DIR OUT [--camera static=observation.images.top ...]
+    python pipelines/prepare_data.py metaworld OUT --tasks reach-v3,push-v3|MT10|MT50 --episodes-per-task N
+                                     [--image-size 64 --action-noise S --val-episodes-per-task 2 --seed 0]
     python pipelines/prepare_data.py validate ROOT
 
 ``--parallel N`` runs a converter as N Ray tasks (a local Ray starts unless RAY_ADDRESS is set).
@@ -17,6 +19,7 @@ import sys
 from vla.data import DataError, validate_dataset
 from vla.data.converters.calvin import convert_calvin
 from vla.data.converters.lerobot import DEFAULT_STATE_KEY, GRIPPER_CONVENTIONS, convert_lerobot
+from vla.data.converters.metaworld import MetaWorldData, convert_metaworld, parse_tasks
 from vla.data.converters.synthetic import convert_synthetic
 
 
@@ -62,7 +65,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                          help="the last round(F * episodes) go to val, when info.json names no val/test range")
     lerobot.add_argument("--image-encoding", choices=["png", "jpeg"], default="png")
 
-    for converter in (synthetic, calvin, lerobot):
+    metaworld = sub.add_parser("metaworld", help="MetaWorld demonstrations by its scripted experts (needs .[metaworld])")
+    metaworld.add_argument("out")
+    metaworld.add_argument("--tasks", required=True, help="task names (reach-v3,push-v3), MT10 or MT50")
+    metaworld.add_argument("--episodes-per-task", type=int, required=True, help="training demonstrations per task")
+    metaworld.add_argument("--val-episodes-per-task", type=int, default=2)
+    metaworld.add_argument("--seed", type=int, default=0, help="first scene seed of every task")
+    metaworld.add_argument("--image-size", type=int, default=64, help="square camera images (default %(default)s)")
+    metaworld.add_argument("--action-noise", type=float, default=0.0,
+                           help="std of the noise added to the executed dx, dy, dz (DART); the expert's action is recorded")
+    metaworld.add_argument("--max-attempts", type=int, default=3,
+                           help="scenes tried per demonstration before the slot is given up (default %(default)s)")
+
+    for converter in (synthetic, calvin, lerobot, metaworld):
         converter.add_argument("--parallel", type=int, default=0, help="Ray tasks (0: in this process)")
         converter.add_argument("--max-shard-mb", type=int, default=256)
 
@@ -91,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "calvin":
             meta = convert_calvin(args.source, args.out, parallel=args.parallel,
                                   image_encoding=args.image_encoding, max_shard_bytes=shard_bytes)
+        elif args.command == "metaworld":
+            data = MetaWorldData(parse_tasks(args.tasks), args.episodes_per_task, args.val_episodes_per_task,
+                                 args.seed, args.image_size, args.action_noise, args.max_attempts)
+            meta, _ = convert_metaworld(args.out, data, parallel=args.parallel, max_shard_bytes=shard_bytes)
         else:
             meta = convert_lerobot(args.source, args.out, cameras=dict(args.camera) if args.camera else None,
                                    action_key=args.action_key, state_key=args.state_key, gripper=args.gripper,

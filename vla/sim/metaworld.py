@@ -10,8 +10,9 @@ The protocol follows LeRobot's MetaWorld wrapper (src/lerobot/envs/metaworld.py)
 - objects placed by the seed (``_freeze_rand_vec`` off, ``seeded_rand_vec`` on), so
   ``reset(seed)`` gives the same scene for the same seed; ``info["success"]`` ends an episode.
 The second camera is ``gripperPOV`` (looking down past the fingers: the puck, the goal and the
-handle close up). Images are rendered by a ``mujoco.Renderer`` per camera size with shadows and
-reflections off (36 ms -> 16 ms per 64 px frame against gymnasium's viewer, docs/evaluation.md).
+handle close up). Images are rendered by one ``mujoco.Renderer`` per task and image size in a
+process, with shadows and reflections off (``shared_renderer``; gymnasium's viewer with the
+default scene flags costs 2-4x more per frame).
 
 Action (4 values in [-1, 1]): ``dx, dy, dz`` (hand motion, 1 cm per unit and step) and the
 gripper effort (a continuous torque: +1 closes, -1 opens; the scripted experts hold values such
@@ -23,6 +24,7 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -139,6 +141,33 @@ def check_gl() -> None:
                              f"install {GL_HELP}") from None
 
 
+@cache
+def benchmark_task(task: str):
+    """The ``metaworld.Task`` an env must be given before it steps (built once per process: ~1.5 s)."""
+    import metaworld
+
+    return metaworld.MT1(task, seed=0).train_tasks[0]
+
+
+_RENDERERS: dict[tuple[str, int], object] = {}
+
+
+def shared_renderer(task: str, model, size: int):
+    """One ``mujoco.Renderer`` per task and image size in a process (creating one costs seconds: a
+    GL context and the textures), shadows and reflections off. Every env of a task renders its
+    own ``MjData`` with it: the scene is built from the data's computed positions, and the
+    model parts it reads (geometry, colours, cameras) are the same for every env of the task."""
+    key = (task, size)
+    if key not in _RENDERERS:
+        import mujoco
+
+        renderer = mujoco.Renderer(model, size, size)
+        renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
+        renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+        _RENDERERS[key] = renderer
+    return _RENDERERS[key]
+
+
 @dataclass
 class MetaWorldConfig:
     image_size: int = 64  # both cameras render square images of this many pixels
@@ -154,7 +183,6 @@ class MetaWorldEnv:
     """One MetaWorld task; ``rendering`` False leaves ``obs["images"]`` empty (physics only, ~1 ms a step)."""
 
     def __init__(self, task: str, cfg: MetaWorldConfig | None = None, render: bool = True):
-        import metaworld
         from metaworld.env_dict import ALL_V3_ENVIRONMENTS
         from metaworld.policies import ENV_POLICY_MAP
 
@@ -165,20 +193,22 @@ class MetaWorldEnv:
         self.task = task
         self.instruction = INSTRUCTIONS[task]
         self.env = ALL_V3_ENVIRONMENTS[task]()
-        self.env.set_task(metaworld.MT1(task, seed=0).train_tasks[0])  # a task must be set; the seed then places it
+        self.env.set_task(benchmark_task(task))  # a task must be set; the seed then places the objects
         self.env._freeze_rand_vec = False
         self.env.seeded_rand_vec = True
         self.env.model.cam_pos[self.env.model.camera("corner2").id] = CORNER2_POSITION
         self.expert = ENV_POLICY_MAP[task]()
         self.rendering = render  # may be switched per episode (a physics-only dry run, then a recorded one)
-        self.renderer = None
         self.raw = np.zeros(39)
         self.steps = 0
         self.succeeded = False
         self.near_object = False
 
     def reset(self, seed: int) -> dict:
-        """The scene of ``seed`` (same seed, same object and goal positions); returns the observation."""
+        """The scene of ``seed`` (same seed, same scene and frames, whatever ran before); returns the observation."""
+        import mujoco
+
+        mujoco.mj_resetData(self.env.model, self.env.data)  # no solver warm start left from the last episode
         self.env.seed(seed)
         self.raw, _ = self.env.reset()
         self.steps, self.succeeded, self.near_object = 0, False, False
@@ -212,21 +242,13 @@ class MetaWorldEnv:
                 "state": self.raw[:4].astype(np.float32)}
 
     def render(self) -> dict[str, np.ndarray]:
-        if self.renderer is None:
-            import mujoco
-
-            self.renderer = mujoco.Renderer(self.env.model, self.cfg.image_size, self.cfg.image_size)
-            self.renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
-            self.renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
+        renderer = shared_renderer(self.task, self.env.model, self.cfg.image_size)
         images = {}
         for camera in self.cfg.cameras:
-            self.renderer.update_scene(self.env.data, camera=camera)
-            image = self.renderer.render()
+            renderer.update_scene(self.env.data, camera=camera)
+            image = renderer.render()
             images[camera] = np.ascontiguousarray(image[::-1, ::-1]) if camera.startswith("corner") else image.copy()
         return images
 
     def close(self) -> None:
-        if self.renderer is not None:
-            self.renderer.close()
-            self.renderer = None
-        self.env.close()
+        self.env.close()  # the shared renderer stays for the process's next env of this task

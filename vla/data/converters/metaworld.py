@@ -55,6 +55,7 @@ class MetaWorldData:
     image_size: int = 64
     action_noise: float = 0.0
     max_attempts: int = 3
+    max_steps: int = MAX_PATH_LENGTH  # an attempt not solved within this many steps fails
     cameras: list[str] = field(default_factory=lambda: list(CAMERAS))
 
     def validate(self) -> None:
@@ -64,6 +65,8 @@ class MetaWorldData:
         for flag, value, minimum in minimums:
             if value < minimum:
                 raise DataError(f"{flag}: must be >= {minimum}, got {value}")
+        if not 1 <= self.max_steps <= MAX_PATH_LENGTH:
+            raise DataError(f"--max-steps: must be in [1, {MAX_PATH_LENGTH}], got {self.max_steps}")
         if not 0 <= self.action_noise <= 1:
             raise DataError(f"--action-noise: must be in [0, 1], got {self.action_noise}")
         last = self.seed_of(self.slots - 1, self.max_attempts - 1)
@@ -83,7 +86,7 @@ class MetaWorldData:
 
 
 def rollout(env: MetaWorldEnv, seed: int, action_noise: float) -> tuple[bool, list[dict], list[np.ndarray]]:
-    """One expert episode of scene ``seed`` (until success or MetaWorld's 500 steps): whether it
+    """One expert episode of scene ``seed`` (until success or the env's ``max_steps``): whether it
     succeeded, the observation before each step and the expert's action in it."""
     noise = np.random.default_rng([seed, 1])
     obs = env.reset(seed)
@@ -125,7 +128,7 @@ def demonstrate_slots(data: MetaWorldData, slots: list[tuple[str, int]]) -> tupl
 
     torch.set_num_threads(1)
     envs: dict[str, MetaWorldEnv] = {}
-    config = MetaWorldConfig(image_size=data.image_size, max_steps=MAX_PATH_LENGTH, cameras=tuple(data.cameras))
+    config = MetaWorldConfig(image_size=data.image_size, max_steps=data.max_steps, cameras=tuple(data.cameras))
     episodes, failed = [], {}
     for task, slot in slots:
         env = envs.get(task) or envs.setdefault(task, MetaWorldEnv(task, config))
