@@ -1,7 +1,8 @@
 """Evaluation while training runs (``train.eval_every=K``), owned by rank 0.
 
 Each checkpoint reported at a multiple of K steps is handed to one Ray task
-(``vla.eval.checkpoint.evaluate_checkpoint``: closed loop on the built-in simulator, offline
+(``vla.eval.checkpoint.evaluate_checkpoint``: closed loop in the environment of the training
+data (the built-in simulator or MetaWorld, ``vla.eval.environments``), offline
 metrics on the validation split, CALVIN where installed) that runs beside the FSDP workers
 on spare resources (``train.eval.cpus`` / ``train.eval.gpus``). Training never waits for it:
 

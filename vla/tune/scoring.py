@@ -1,5 +1,6 @@
 """What each trial tells Tune: the Train reports, each checkpointed one scored by closed-loop
-success on the built-in simulator when the sweep asks for it (``sweep.closed_loop``, or the
+success in the environment of the training data (the built-in simulator or MetaWorld,
+``vla.eval.environments``) when the sweep asks for it (``sweep.closed_loop``, or the
 metric ``eval_success_rate``).
 
 The score is one Ray task (``vla.eval.checkpoint.evaluate_checkpoint``, ``train.eval.episodes``
