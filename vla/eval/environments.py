@@ -96,10 +96,14 @@ class MetaWorldEnvironment:
 def environment_for(run: Config, tasks: list[str] | None = None, max_steps: int | None = None) -> Environment:
     """The environment of the run's training data: MetaWorld (its tasks, or ``tasks``; the
     demonstrations' image size and cameras) for a MetaWorld dataset, else the synthetic task at
-    the model's image size."""
-    if load_metadata(run.data.path).source != "metaworld":
-        return SyntheticEnvironment(SimConfig(image_size=run.model.image_size))
-    from vla.data.converters.metaworld import read_sidecar
+    the model's image size (its hidden-state variant for a dataset written with the gripper hidden)."""
+    from vla.data.converters.metaworld import SOURCE, read_sidecar
+    from vla.data.converters.synthetic import HIDDEN_STATE_SOURCE
+
+    source = load_metadata(run.data.path).source if run.data.path else "synthetic"
+    if source != SOURCE:
+        return SyntheticEnvironment(SimConfig(image_size=run.model.image_size,
+                                              show_gripper=source != HIDDEN_STATE_SOURCE))
 
     generated = read_sidecar(run.data.path)
     config = MetaWorldConfig(image_size=generated["image_size"], cameras=tuple(generated["cameras"]))

@@ -40,12 +40,12 @@ class EvalOptions:
 
 
 def constant_action(run: Config) -> list[float]:
-    """The constant baseline: the training split's mean action, a binary gripper open (+1)."""
+    """The constant baseline: the training split's mean action with every binary gripper open (+1)."""
     meta = load_metadata(run.data.path)
     stats = meta.splits[run.data.train_split].action_stats
     if stats is None:
         raise ValueError(f"{run.data.path}: the training split has no action statistics")
-    return [*stats.mean[:6], 1.0] if meta.action_dim == 7 else list(stats.mean)
+    return [1.0 if i in meta.action_space.binary_grippers else mean for i, mean in enumerate(stats.mean)]
 
 
 def closed_loop(export_dir: str, run: Config, options: EvalOptions) -> tuple[dict, dict]:

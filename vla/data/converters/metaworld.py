@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from vla.action_space import ActionSpace
 from vla.data.episodes import Episode
 from vla.data.metadata import DataError, DatasetMetadata, open_root
 from vla.data.writer import EpisodeWriter
@@ -42,6 +43,8 @@ SOURCE = "metaworld"
 SIDECAR = "metaworld.json"
 SEED_LIMIT = 1_000_000  # vla.eval.rollout.EVAL_SEED_OFFSET: evaluation scenes start here
 EPISODE_ID_STRIDE = SEED_LIMIT  # episode id = task index * stride + scene seed (unique per split)
+# dx, dy, dz and the gripper effort, which is continuous (the experts hold 0, 0.6, 1, -1): regressed
+ACTION_SPACE = ActionSpace(dim=4, names=ACTION_NAMES, binary_grippers=(), continuous_grippers=(3,))
 
 
 @dataclass
@@ -177,7 +180,8 @@ def convert_metaworld(root: str, data: MetaWorldData, *, parallel: int = 0,
     writer_args = {"max_shard_bytes": max_shard_bytes} if max_shard_bytes else {}
     failed: dict[str, dict] = {task: {"failed_attempts": 0, "lost_slots": 0} for task in data.tasks}
     written = {task: 0 for task in data.tasks}
-    with EpisodeWriter(root, data.cameras, source=SOURCE, **writer_args) as writer:
+    with EpisodeWriter(root, data.cameras, source=SOURCE, action_space=ACTION_SPACE, state_names=list(STATE_NAMES),
+                       **writer_args) as writer:
         for episodes, counts in _jobs(data, parallel):
             for split, episode in episodes:
                 writer.write(episode, split)
@@ -190,7 +194,6 @@ def convert_metaworld(root: str, data: MetaWorldData, *, parallel: int = 0,
             raise DataError(f"the scripted expert solved none of its {data.slots * data.max_attempts} attempts on "
                             f"{', '.join(hopeless)}; leave it out of --tasks or raise --max-attempts")
     sidecar = {**asdict(data), "instructions": {t: INSTRUCTIONS[t] for t in data.tasks},
-               "action_names": list(ACTION_NAMES), "state_names": list(STATE_NAMES),
                "episodes_written": written, "failures": failed}
     write_sidecar(root, sidecar)
     for task, counts in failed.items():
