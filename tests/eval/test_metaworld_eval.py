@@ -5,6 +5,7 @@ success beside the baselines, the plot, strips and GIFs."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -22,12 +23,21 @@ from vla.eval.evaluate import EvalOptions, run_evaluation  # noqa: E402
 from vla.train.launch import run_training  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
+
+def evaluate_cli(argv: list[str]) -> int:
+    """``pipelines/evaluate.py``'s main, loaded from its file."""
+    spec = importlib.util.spec_from_file_location("evaluate_pipeline", ROOT / "pipelines" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
+
+
 TASKS = ["reach-v3", "push-v3"]
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_demonstrations_training_and_closed_loop_evaluation_on_metaworld(ray_session, tmp_path):
+def test_demonstrations_training_and_closed_loop_evaluation_on_metaworld(ray_session, tmp_path, capsys):
     data = str(tmp_path / "metaworld")
     meta, sidecar = convert_metaworld(data, MetaWorldData(TASKS, episodes_per_task=2, val_episodes_per_task=1,
                                                           image_size=32), parallel=2)
@@ -55,3 +65,7 @@ def test_demonstrations_training_and_closed_loop_evaluation_on_metaworld(ray_ses
         assert sum(result["outcomes"].values()) == 2
     assert Path(report["files"]["plot"]).is_file()
     assert len(report["files"]["gifs"]) == 3 and all(Path(p).is_file() for p in report["files"]["gifs"])
+
+    export = str(Path(result.run_dir) / "export")
+    assert evaluate_cli(["--export", export, "--env-tasks", "reach-v3,pushh-v3"]) == 2  # refused before Ray
+    assert "--env-tasks: unknown MetaWorld task 'pushh-v3'; valid: MT10, MT50" in capsys.readouterr().err

@@ -21,6 +21,7 @@ as 0, 0.6 or 1, so it is recorded as a continuous dimension, not a binary grippe
 
 from __future__ import annotations
 
+import atexit
 import os
 import warnings
 from dataclasses import dataclass
@@ -161,11 +162,19 @@ def shared_renderer(task: str, model, size: int):
     if key not in _RENDERERS:
         import mujoco
 
+        if not _RENDERERS:  # registered after mujoco's own atexit (which terminates EGL), so it runs first
+            atexit.register(_close_renderers)
         renderer = mujoco.Renderer(model, size, size)
         renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
         renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
         _RENDERERS[key] = renderer
     return _RENDERERS[key]
+
+
+def _close_renderers() -> None:
+    """Free the GL contexts while EGL is still loaded (at interpreter teardown freeing them raises)."""
+    while _RENDERERS:
+        _RENDERERS.popitem()[1].close()
 
 
 @dataclass
