@@ -162,9 +162,9 @@ def shared_renderer(task: str, model, size: int):
     if key not in _RENDERERS:
         import mujoco
 
-        if not _RENDERERS:  # registered after mujoco's own atexit (which terminates EGL), so it runs first
-            atexit.register(_close_renderers)
         renderer = mujoco.Renderer(model, size, size)
+        if not _RENDERERS:  # after the first GL context, so after mujoco's own atexit (which terminates EGL): runs first
+            atexit.register(_close_renderers)
         renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = False
         renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = False
         _RENDERERS[key] = renderer

@@ -23,10 +23,12 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
+from tqdm import tqdm
 
 from vla.action_space import ActionSpace
 from vla.data.episodes import Episode
@@ -147,20 +149,29 @@ def demonstrate_slots(data: MetaWorldData, slots: list[tuple[str, int]]) -> tupl
 
 
 def _jobs(data: MetaWorldData, parallel: int) -> Iterator[tuple[list[tuple[str, Episode]], dict]]:
-    """Results of every slot in order: in this process, or as ``parallel`` Ray tasks."""
+    """Results of every slot, in order and a few slots at a time: in this process, or as Ray tasks
+    of which ``parallel`` run at once."""
     slots = [(task, slot) for task in data.tasks for slot in range(data.slots)]
+    size = max(1, math.ceil(len(slots) / (4 * max(parallel, 1))))
+    chunks = [slots[i:i + size] for i in range(0, len(slots), size)]
+    bar = tqdm(total=len(slots), desc="metaworld demonstrations", unit="slot")
     if parallel <= 1:
-        yield demonstrate_slots(data, slots)
+        for chunk in chunks:
+            yield demonstrate_slots(data, chunk)
+            bar.update(len(chunk))
         return
     import ray
 
     if not ray.is_initialized():  # only now, once every argument has been checked
         ray.init(log_to_driver=False)
-    size = math.ceil(len(slots) / parallel)
     task = ray.remote(num_cpus=1)(demonstrate_slots)
-    refs = [task.remote(data, slots[i:i + size]) for i in range(0, len(slots), size)]
-    for ref in refs:  # in submission order: the dataset does not depend on which task finished first
-        yield ray.get(ref)
+    pending = deque(task.remote(data, chunk) for chunk in chunks[:parallel])
+    for k, chunk in enumerate(chunks):  # in order: the dataset does not depend on which task finished first
+        result = ray.get(pending.popleft())
+        if k + parallel < len(chunks):
+            pending.append(task.remote(data, chunks[k + parallel]))
+        bar.update(len(chunk))
+        yield result
 
 
 def convert_metaworld(root: str, data: MetaWorldData, *, parallel: int = 0,
