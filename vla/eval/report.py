@@ -19,6 +19,7 @@ OFFLINE_FIELDS = ("split", "windows", "steps", "loss", "loss_arm", "loss_gripper
                   "pose_error_per_dim", "pose_error_per_dim_unnormalized", "pose_dims",
                   "gripper_accuracy")  # the last only where the action has binary grippers
 FILES_FIELDS = ("report", "plot", "strips", "gifs")
+POLICY_COLOURS = ["tab:green", "tab:gray", "tab:orange"]  # trained, random, constant in both panels
 ARM_POSE_DIMS = ("x", "y", "z", "roll", "pitch", "yaw")  # the 7-DOF arm's continuous dimensions
 
 
@@ -86,7 +87,7 @@ def plot_results(closed_loop: dict, offline: dict | None, path: Path) -> Path:
     low = [r - closed_loop["policies"][n]["success_ci95"][0] for n, r in zip(names, rates)]
     high = [closed_loop["policies"][n]["success_ci95"][1] - r for n, r in zip(names, rates)]
     ax = axes[0][0]
-    ax.bar(names, rates, yerr=[low, high], capsize=4, color=["tab:green", "tab:gray", "tab:orange"][: len(names)])
+    ax.bar(names, rates, yerr=[low, high], capsize=4, color=POLICY_COLOURS[: len(names)])
     ax.set_ylim(0, 1)
     ax.set_ylabel("success rate")
     ax.set_title(f"{closed_loop['env']}: {closed_loop['episodes']} episodes per policy")
@@ -110,7 +111,8 @@ def draw_per_task(ax, closed_loop: dict) -> None:
     width = 0.8 / len(names)
     for k, name in enumerate(names):
         rates = [closed_loop["policies"][name]["per_task"].get(task, {}).get("success_rate", 0.0) for task in tasks]
-        ax.bar(np.arange(len(tasks)) + k * width, rates, width, label=name)
+        colour = POLICY_COLOURS[k % len(POLICY_COLOURS)]
+        ax.bar(np.arange(len(tasks)) + k * width, rates, width, label=name, color=colour)
     ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("success rate")
