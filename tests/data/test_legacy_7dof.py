@@ -48,3 +48,14 @@ def test_the_old_dataset_reads_as_the_arm_and_trains_with_its_state(tmp_path):
     off = check_run(load_config(None, [f"data.path={data}", "model.use_state=false",
                                        f"run.storage_path={tmp_path / 'runs'}"]))
     assert off.cfg.model.state_dim == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_run_started_before_states_resumes_with_the_model_it_has(tmp_path):
+    data = shutil.copytree(LEGACY / "dataset", tmp_path / "dataset")
+    run_dir = tmp_path / "runs" / "old"
+    run_dir.mkdir(parents=True)
+    shutil.copy(LEGACY / "export" / "config.yaml", run_dir / "config.yaml")  # what that code saved with the run
+    overrides = [f"data.path={data}", f"run.storage_path={tmp_path / 'runs'}"]
+    assert check_run(load_config(None, [*overrides, "run.name=old"])).cfg.model.state_dim == 0
+    assert check_run(load_config(None, [*overrides, "run.name=new"])).cfg.model.state_dim == 4

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vla.configuration import check
+from vla.data.grippers import GripperError, parse_gripper
 
 
 @dataclass
@@ -42,8 +43,6 @@ class DataConfig:
     window_log: str = ""  # debug: local folder where each rank appends the (episode_id, start) of every batch
 
     def validate(self) -> None:
-        from vla.data.grippers import GripperError, parse_gripper
-
         check(bool(self.cameras), "cameras", "must name at least one camera")
         if self.format == "lerobot":
             check(bool(self.path) and "://" not in self.path, "path",

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import ray
 import ray.train
+import yaml
 from ray.train.torch import TorchTrainer
 from ray.train import UserCallback
 
@@ -112,10 +113,24 @@ def with_data_spec(cfg: Config, spec: DataSpec) -> Config:
     return dataclasses.replace(cfg, model=model)
 
 
+def started_before_state(run_dir: str) -> bool:
+    """Whether the run in ``run_dir`` was started by code that read no robot state (its saved
+    ``config.yaml`` has no ``model.state_dim``): resuming it keeps the model it has."""
+    saved = f"{run_dir}/{RUN_CONFIG_FILE}"
+    if not exists(saved):
+        return False
+    model = (yaml.safe_load(read_bytes(saved)) or {}).get("model") or {}
+    return "state_dim" not in model
+
+
 def check_run(cfg: Config) -> CheckedRun:
     """Config, dataset metadata and every shard's footer and schema, checked on the driver with no
     Ray and no writes; raises ``ConfigError`` or ``DataError`` naming the file and field."""
     splits = [cfg.data.train_split] + ([cfg.data.val_split] if cfg.train.val_every else [])
+    run_dir = run_path(normalize_storage_path(cfg.run.storage_path), cfg.run.name)
+    if cfg.model.use_state is None and started_before_state(run_dir):
+        log.info("%s was started before the model read robot states: resuming it without", run_dir)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, use_state=False))
     spec = check_dataset(cfg.data, splits, cfg.model.use_state)
     log.info("data: actions %s; state: %s", spec.action_space.describe(),
              f"{spec.state_dim} values" if spec.state_dim else "not read")
@@ -123,7 +138,7 @@ def check_run(cfg: Config) -> CheckedRun:
         cfg=with_data_spec(cfg, spec),
         normalization_json=json.dumps(spec.normalization.to_dict(), indent=1),
         total_steps=total_steps(cfg, count_windows(cfg.data, cfg.data.train_split)),
-        run_dir=run_path(normalize_storage_path(cfg.run.storage_path), cfg.run.name),
+        run_dir=run_dir,
     )
 
 
