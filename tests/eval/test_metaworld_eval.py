@@ -60,9 +60,9 @@ def test_demonstrations_training_and_closed_loop_evaluation_on_metaworld(ray_ses
     loop = report["closed_loop"]
     assert loop["env"] == "metaworld" and loop["tasks"] == TASKS and loop["seeds"] == [1_000_000, 1_000_000]
     assert len(loop["constant_action"]) == 4
-    for result in loop["policies"].values():
-        assert result["episodes"] == 2 and set(result["per_task"]) == set(TASKS)
-        assert sum(result["outcomes"].values()) == 2
+    for policy in loop["policies"].values():
+        assert policy["episodes"] == 2 and set(policy["per_task"]) == set(TASKS)
+        assert sum(policy["outcomes"].values()) == 2
     assert Path(report["files"]["plot"]).is_file()
     assert len(report["files"]["gifs"]) == 3 and all(Path(p).is_file() for p in report["files"]["gifs"])
 
