@@ -13,6 +13,7 @@ re-run from a zero state over them, the first predicted step executed).
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,3 +117,13 @@ class Policy:
         actions = output.float().cpu().numpy().copy()
         actions[:, 6] = np.where(actions[:, 6] > 0, 1.0, -1.0)
         return self.normalizer.unnormalize(actions).astype(np.float32)
+
+    def act_chunk_sessions(self, keys: list[Hashable], observations: list[Observation]) -> np.ndarray:
+        """``act_chunk_batch`` where observation ``i`` continues session ``keys[i]``'s history
+        (``ActionStepper.sessions``): one forward pass for any subset of sessions. ``[E, N, D]``."""
+        with self.stepper.sessions(keys):
+            return self.act_chunk_batch(observations)
+
+    def end_session(self, key: Hashable) -> None:
+        """Forget session ``key``'s history."""
+        self.stepper.end_session(key)
