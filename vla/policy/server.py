@@ -22,8 +22,6 @@ arrived, and each answer is sent on its own connection, so a slow or dead client
 nobody. ``GET /healthz`` answers from the same application.
 """
 
-from __future__ import annotations
-
 import asyncio
 import hmac
 import os
@@ -53,6 +51,7 @@ class ServeConfig:
 
     export: str = ""  # the policy export folder (local path or s3://)
     device: str = "cpu"  # torch device of each replica's policy (cuda: one GPU per replica)
+    replicas: int = 1  # copies of the policy, each behind the same endpoint
     max_batch: int = 32  # observations stepped in one forward pass, at most
     batch_wait_ms: float = 0.0  # how long a batch waits for more observations once one arrived
     max_connections: int = 256  # robots connected to one replica at once (each is an ongoing request)
@@ -61,6 +60,7 @@ class ServeConfig:
 
     def validate(self) -> None:
         check(bool(self.export), "export", "must name a policy export folder")
+        check(self.replicas >= 1, "replicas", "must be >= 1")
         check(self.max_batch >= 1, "max_batch", "must be >= 1")
         check(self.batch_wait_ms >= 0, "batch_wait_ms", "must be >= 0")
         check(self.max_connections >= self.max_batch, "max_connections", "must be >= max_batch")
@@ -127,9 +127,9 @@ class PolicyDeployment:
                 actions = await self.step(Step(session, observation))
                 await websocket.send_bytes(packb({"actions": actions}))
         except (FrameError, WireError, ObservationError) as err:
-            await refuse(websocket, str(err), getattr(err, "code", INTERNAL_ERROR))
+            await self.refuse(websocket, str(err), getattr(err, "code", INTERNAL_ERROR))
         except Exception as err:  # a fault of the server (or a client gone mid-answer): this connection only
-            await refuse(websocket, f"server error: {type(err).__name__}: {err}", INTERNAL_ERROR)
+            await self.refuse(websocket, f"server error: {type(err).__name__}: {err}", INTERNAL_ERROR)
         finally:
             self.policy.end_session(session)
 
@@ -149,6 +149,15 @@ class PolicyDeployment:
                              f"{self.config.max_frame_bytes} bytes", TOO_BIG)
         return frame
 
+    @staticmethod
+    async def refuse(websocket: WebSocket, message: str, code: int) -> None:
+        """A text frame with ``message``, then close with ``code``; a client already gone is let go."""
+        try:
+            await websocket.send_text(message)
+            await websocket.close(code=code)
+        except Exception:  # the connection is already closed: nobody left to tell
+            pass
+
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
     async def step(self, steps: list[Step]) -> list[np.ndarray]:
         """The observations of many sessions in one forward pass (on the model's own thread)."""
@@ -158,19 +167,10 @@ class PolicyDeployment:
         return list(chunks.astype(np.float32))
 
 
-async def refuse(websocket: WebSocket, message: str, code: int) -> None:
-    """A text frame with ``message``, then close with ``code``; a client already gone is let go."""
-    try:
-        await websocket.send_text(message)
-        await websocket.close(code=code)
-    except Exception:  # the connection is already closed: nobody left to tell
-        pass
-
-
 def build_app(args: dict[str, Any]) -> Application:
     """The application of ``serve deploy`` (``import_path: vla.policy.server:build_app``, ``args``
     the ``ServeConfig`` fields); an unknown or bad argument fails here, naming it."""
     config = from_dict(ServeConfig, dict(args))  # validated
     gpus = 1 if config.device.startswith("cuda") else 0
-    return PolicyDeployment.options(max_ongoing_requests=config.max_connections,
+    return PolicyDeployment.options(num_replicas=config.replicas, max_ongoing_requests=config.max_connections,
                                     ray_actor_options={"num_cpus": 1, "num_gpus": gpus}).bind(config)
