@@ -91,7 +91,7 @@ def robot(served, tmp_path):
         if os.environ.get("CI"):
             pytest.fail(f"{ROBOT_PYTHON} is missing: .ci/run creates the robot's virtual environment")
         pytest.skip(f"no robot virtual environment at {ROBOT_PYTHON}: python -m venv .venv-robot && "
-                    ".venv-robot/bin/pip install openpi-client==0.1.2 typing_extensions")
+                    ".venv-robot/bin/pip install openpi-client==0.1.2 typing_extensions==4.16.0")
 
     def run(scenario: str, episodes: list[list[dict]]) -> dict:
         arrays = {}
