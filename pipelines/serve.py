@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # The key reaches the replicas in their environment (never in the application's arguments).
     env = {API_KEY_ENV: api_key} if api_key else {}
-    ray.init(address=os.environ.get("RAY_ADDRESS"), runtime_env={"env_vars": env} if env else None)
+    # "local": a new cluster, never one another process on this machine happens to run.
+    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", runtime_env={"env_vars": env} if env else None)
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(app, name=APP_NAME, route_prefix="/")
     print(f"serving {export} at ws://{args.host}:{args.port}/ ({args.replicas} replica(s), "

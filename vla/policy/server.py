@@ -104,12 +104,14 @@ class PolicyDeployment:
         self.policy = Policy.load(config.export, device=config.device)
         self.metadata_frame = packb(metadata(self.policy))
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
+        self.forward_passes = self.observations = 0
         self.step.set_max_batch_size(config.max_batch)
         self.step.set_batch_wait_timeout_s(config.batch_wait_ms / 1000)
 
     @fastapi_app.get("/healthz")
     def healthz(self) -> dict:
-        return {"status": "ok", "export": self.config.export}
+        """Liveness, and this replica's counts since it started (observations / forward passes = mean batch)."""
+        return {"status": "ok", "forward_passes": self.forward_passes, "observations": self.observations}
 
     @fastapi_app.websocket("/")
     async def connect(self, websocket: WebSocket) -> None:
@@ -164,6 +166,8 @@ class PolicyDeployment:
         chunks = await asyncio.get_running_loop().run_in_executor(
             self._model_thread, self.policy.act_chunk_sessions,
             [s.session for s in steps], [s.observation for s in steps])
+        self.forward_passes += 1
+        self.observations += len(steps)
         return list(chunks.astype(np.float32))
 
 
