@@ -26,8 +26,9 @@ import numpy as np
 import torch
 from websockets.asyncio.client import connect
 
+from vla.action_space import ActionSpace
 from vla.config import load_config
-from vla.data import ActionNormalizer, ActionStats
+from vla.data import ActionStats, Normalization
 from vla.model import build_model, save_export
 from vla.policy.msgpack_numpy import packb, unpackb
 
@@ -39,8 +40,8 @@ def demo_export(directory: str) -> str:
     torch.manual_seed(0)
     stats = ActionStats(count=1, min=[-1.0] * 7, max=[1.0] * 7, mean=[0.0] * 7, std=[1.0] * 7,
                         q01=[-1.0] * 7, q99=[1.0] * 7)
-    normalizer = ActionNormalizer.from_stats(stats, cfg.data.normalization, cfg.data.clip_bound)
-    save_export(directory, build_model(cfg.model), run_config=cfg.to_dict(), normalization=normalizer.to_dict())
+    normalization = Normalization.from_stats(stats, None, ActionSpace(), None, cfg.data)
+    save_export(directory, build_model(cfg.model), run_config=cfg.to_dict(), normalization=normalization.to_dict())
     return directory
 
 

@@ -1,10 +1,11 @@
 """A robot's side of the serving tests: openpi's own client (openpi-client 0.1.2, numpy<2), unchanged.
 
-Run by tests/policy/test_openpi_client.py in the robot's virtual environment (.venv-robot):
+Run by tests/policy/test_server.py in the robot's virtual environment (.venv-robot):
 
     python robot_client.py HOST PORT API_KEY SCENARIO EPISODES.npz OUT.npz
 
-EPISODES.npz holds ``c<client>_<camera>`` frames ``[T, H, W, 3]`` and ``c<client>_prompt``;
+EPISODES.npz holds ``c<client>_<camera>`` frames ``[T, H, W, 3]``, ``c<client>_state`` ``[T, S]``
+and ``c<client>_prompt``;
 OUT.npz gets what the scenario saw. Nothing here imports vla.
 """
 
@@ -18,7 +19,7 @@ from openpi_client.websocket_client_policy import WebsocketClientPolicy
 
 def observation(episodes, client, step, cameras):
     return {"images": {cam: episodes[f"c{client}_{cam}"][step] for cam in cameras},
-            "prompt": str(episodes[f"c{client}_prompt"])}
+            "prompt": str(episodes[f"c{client}_prompt"]), "state": episodes[f"c{client}_state"][step]}
 
 
 def handshake(connect, episodes):

@@ -23,9 +23,11 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from vla.policy import Policy, PolicyClient, ServerError
+from vla.policy import Policy, PolicyClient
 from vla.policy.msgpack_numpy import packb
 from vla.sim import SimConfig, SyntheticEnv
+
+from tests.policy.conftest import write_tiny_export
 
 ROOT = Path(__file__).resolve().parents[2]
 ROBOT_PYTHON = ROOT / ".venv-robot" / "bin" / "python"
@@ -63,13 +65,20 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(ray_session, tiny_export):
+def export(tmp_path_factory, synthetic_root) -> str:
+    """A tiny policy that reads the robot's 4-value state and predicts 3-step chunks."""
+    return write_tiny_export(tmp_path_factory.mktemp("served_export"), synthetic_root,
+                             ["model.state_dim=4", "model.fwd_pred_next_n=3"])
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, export):
     """`pipelines/serve.py` joined to the test's Ray cluster (RAY_ADDRESS), with an API key and a 1 MiB frame limit."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "VLA_API_KEY": API_KEY,
            "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address}
     process = subprocess.Popen(
-        [sys.executable, str(ROOT / "pipelines/serve.py"), "--export", tiny_export, "--port", str(port),
+        [sys.executable, str(ROOT / "pipelines/serve.py"), "--export", export, "--port", str(port),
          "--max-batch", "8", "--max-frame-mb", "1"], stdout=subprocess.PIPE, text=True, env=env)
     lines = []
     while (line := process.stdout.readline()) and not line.startswith("serving"):
@@ -99,6 +108,7 @@ def robot(served, tmp_path):
         for i, observations in enumerate(episodes):
             for camera in observations[0]["images"]:
                 arrays[f"c{i}_{camera}"] = np.stack([obs["images"][camera] for obs in observations])
+            arrays[f"c{i}_state"] = np.stack([obs["state"] for obs in observations])
             arrays[f"c{i}_prompt"] = np.array(observations[0]["instruction"])
         np.savez(tmp_path / "episodes.npz", **arrays)
         done = subprocess.run([str(ROBOT_PYTHON), str(Path(__file__).with_name("robot_client.py")), served.host,
@@ -110,19 +120,19 @@ def robot(served, tmp_path):
     return run
 
 
-def test_openpi_client_handshake_states_the_policy(robot, tiny_export):
-    policy = Policy.load(tiny_export)
+def test_openpi_client_handshake_states_the_policy(robot, export):
+    policy = Policy.load(export)
     seen = robot("handshake", [episode(0, 1)])
     assert list(seen["cameras"]) == list(policy.cameras)
     assert (int(seen["chunk_length"]), int(seen["action_dim"]), int(seen["state_dim"]), int(seen["image_size"])) \
         == (policy.chunk_length, policy.action_space.dim, policy.state_dim, policy.image_size)
 
 
-def test_openpi_action_chunk_broker_steps_the_chunks_policy_predicts(robot, tiny_export):
+def test_openpi_action_chunk_broker_steps_the_chunks_policy_predicts(robot, export):
     """20 robot steps through ActionChunkBroker: the server saw every chunk_length-th frame, in one session."""
     observations = episode(1, 20)
     actions = robot("broker", [observations])["actions"]
-    local = Policy.load(tiny_export)
+    local = Policy.load(export)
     n = local.chunk_length
     expected = [local.act_chunk_batch([observations[step]])[0] if step % n == 0 else None for step in range(20)]
     for step in range(20):
@@ -131,11 +141,11 @@ def test_openpi_action_chunk_broker_steps_the_chunks_policy_predicts(robot, tiny
     assert actions.shape == (20, local.action_space.dim) and actions.dtype == np.float32
 
 
-def test_four_openpi_clients_at_once_each_get_their_own_session(robot, tiny_export):
+def test_four_openpi_clients_at_once_each_get_their_own_session(robot, export):
     episodes = [episode(seed, 5) for seed in range(4)]
     seen = robot("four_clients", episodes)
     for i, observations in enumerate(episodes):
-        local = Policy.load(tiny_export)  # a fresh history, as a new connection has
+        local = Policy.load(export)  # a fresh history, as a new connection has
         expected = np.stack([local.act_chunk_batch([obs])[0] for obs in observations])
         np.testing.assert_allclose(seen[f"c{i}"], expected, **TOLERANCE)
 
@@ -149,14 +159,14 @@ def test_openpi_client_gets_a_bad_frame_answered_in_text(robot):
 
 # --- sessions, refusals and bad clients (this package's PolicyClient) ----------------------------
 
-def test_two_interleaving_clients_keep_their_own_history_and_reset(served, tiny_export):
+def test_two_interleaving_clients_keep_their_own_history_and_reset(served, export):
     a_steps, b_steps = episode(2, 4), episode(3, 4)
-    local_a, local_b = Policy.load(tiny_export), Policy.load(tiny_export)
+    local_a, local_b = Policy.load(export), Policy.load(export)
     with served.client() as a, served.client() as b:
         for obs_a, obs_b in zip(a_steps, b_steps):
             np.testing.assert_allclose(a.infer(wire(obs_a))["actions"], local_a.act_chunk_batch([obs_a])[0], **TOLERANCE)
             np.testing.assert_allclose(b.infer(wire(obs_b))["actions"], local_b.act_chunk_batch([obs_b])[0], **TOLERANCE)
-        fresh = Policy.load(tiny_export)
+        fresh = Policy.load(export)
         np.testing.assert_allclose(a.infer(wire(b_steps[0], reset=True))["actions"],
                                    fresh.act_chunk_batch([b_steps[0]])[0], **TOLERANCE)
         np.testing.assert_allclose(b.infer(wire(a_steps[0]))["actions"],  # b's history is untouched
@@ -184,6 +194,9 @@ MALFORMED = {
     "no prompt": (changed(prompt=None), 'prompt: expected the instruction as exactly one of "prompt" or "instruction"'),
     "empty prompt": (changed(prompt="  "), "prompt: expected a non-empty string"),
     "reset not a bool": (changed(reset="yes"), "reset: expected true or false"),
+    "no state": (changed(state=None), "state: missing; this policy reads the robot state, 4 floats"),
+    "short state": (changed(state=np.zeros(3, np.float32)), "state: 3 values, expected 4"),
+    "state of text": (changed(state="up"), "state: expected 4 floats, got 'str'"),
     "not a map": ([1, 2], "observation: expected a map"),
 }
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from vla.policy.policy import Observation, Policy
+from vla.policy.policy import Observation, Policy, observed_state
 
 INSTRUCTION_KEYS = ("prompt", "instruction")  # openpi's clients send "prompt"
 
@@ -50,14 +50,15 @@ def check_image(value: Any, field: str) -> np.ndarray:
 
 
 def check_state(value: Any, state_dim: int) -> np.ndarray:
-    if value is None:
-        raise bad("state", f"{state_dim} floats (this policy uses state)")
-    state = np.asarray(value) if isinstance(value, (list, np.ndarray)) else None
-    if state is None or state.dtype.kind not in "iuf" or state.shape != (state_dim,):
-        raise bad("state", f"{state_dim} floats", described(value))
+    """``[state_dim]`` finite floats (the length checked by the policy's own ``observed_state``)."""
+    try:
+        state = observed_state([{"state": value}], state_dim)[0]
+    except (TypeError, ValueError) as err:
+        named = str(err).startswith("state:")
+        raise ObservationError(str(err)) if named else bad("state", f"{state_dim} floats", described(value)) from None
     if not np.isfinite(state).all():
         raise bad("state", "finite values", state.tolist())
-    return state.astype(np.float32)
+    return state
 
 
 def instruction_of(message: dict) -> str:
