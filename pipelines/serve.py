@@ -61,11 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     export = args.export if "://" in args.export else str(Path(args.export).expanduser().resolve())
     try:
         app = build_app({"export": export, "device": args.device, "replicas": args.replicas,
-                         "max_batch": args.max_batch,
-                         "batch_wait_ms": args.batch_wait_ms, "max_frame_mb": args.max_frame_mb,
-                         "api_key_env": API_KEY_ENV if api_key else None})
-    except ConfigError as err:
-        print(f"error: --{str(err).replace('_', '-')}", file=sys.stderr)
+                         "max_batch": args.max_batch, "batch_wait_ms": args.batch_wait_ms,
+                         "max_frame_mb": args.max_frame_mb, "api_key_env": API_KEY_ENV if api_key else None})
+    except ConfigError as err:  # named by its ServeConfig field: the flag of the same name
+        key, _, message = str(err).partition(":")
+        print(f"error: --{key.replace('_', '-')}:{message}", file=sys.stderr)
         return 2
     # The key reaches the replicas in their environment (never in the application's arguments).
     env = {API_KEY_ENV: api_key} if api_key else {}

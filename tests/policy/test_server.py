@@ -20,28 +20,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_policy import expert_rollout
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from tests.policy.conftest import write_tiny_export  # (tests/policy's conftest, by its full name)
 from vla.policy import Policy, PolicyClient
 from vla.policy.msgpack_numpy import packb
-from vla.sim import SimConfig, SyntheticEnv
-
-from tests.policy.conftest import write_tiny_export
 
 ROOT = Path(__file__).resolve().parents[2]
 ROBOT_PYTHON = ROOT / ".venv-robot" / "bin" / "python"
 API_KEY = "robot-fleet-key"
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}  # batch compositions differ from the local calls
-
-
-def episode(seed: int, steps: int) -> list[dict]:
-    """An expert rollout's observations, each as a robot sends it (``prompt``) and as Policy takes it."""
-    env = SyntheticEnv(SimConfig())
-    observations = [env.reset(seed)]
-    for _ in range(steps - 1):
-        observations.append(env.step(env.expert_action())[0])
-    return observations
 
 
 def wire(observation: dict, **extra) -> dict:
@@ -122,7 +112,7 @@ def robot(served, tmp_path):
 
 def test_openpi_client_handshake_states_the_policy(robot, export):
     policy = Policy.load(export)
-    seen = robot("handshake", [episode(0, 1)])
+    seen = robot("handshake", [expert_rollout(0, 1)])
     assert list(seen["cameras"]) == list(policy.cameras)
     assert (int(seen["chunk_length"]), int(seen["action_dim"]), int(seen["state_dim"]), int(seen["image_size"])) \
         == (policy.chunk_length, policy.action_space.dim, policy.state_dim, policy.image_size)
@@ -130,7 +120,7 @@ def test_openpi_client_handshake_states_the_policy(robot, export):
 
 def test_openpi_action_chunk_broker_steps_the_chunks_policy_predicts(robot, export):
     """20 robot steps through ActionChunkBroker: the server saw every chunk_length-th frame, in one session."""
-    observations = episode(1, 20)
+    observations = expert_rollout(1, 20)
     actions = robot("broker", [observations])["actions"]
     local = Policy.load(export)
     n = local.chunk_length
@@ -142,7 +132,7 @@ def test_openpi_action_chunk_broker_steps_the_chunks_policy_predicts(robot, expo
 
 
 def test_four_openpi_clients_at_once_each_get_their_own_session(robot, export):
-    episodes = [episode(seed, 5) for seed in range(4)]
+    episodes = [expert_rollout(seed, 5) for seed in range(4)]
     seen = robot("four_clients", episodes)
     for i, observations in enumerate(episodes):
         local = Policy.load(export)  # a fresh history, as a new connection has
@@ -151,7 +141,7 @@ def test_four_openpi_clients_at_once_each_get_their_own_session(robot, export):
 
 
 def test_openpi_client_gets_a_bad_frame_answered_in_text(robot):
-    seen = robot("bad_frame", [episode(0, 1)])
+    seen = robot("bad_frame", [expert_rollout(0, 1)])
     error = str(seen["error"])  # openpi's client raises RuntimeError("Error in inference server:\n<text>")
     assert error.splitlines()[-1].startswith("images: expected a map of exactly the cameras"), error
     assert int(seen["close_code"]) == 1011
@@ -160,7 +150,7 @@ def test_openpi_client_gets_a_bad_frame_answered_in_text(robot):
 # --- sessions, refusals and bad clients (this package's PolicyClient) ----------------------------
 
 def test_two_interleaving_clients_keep_their_own_history_and_reset(served, export):
-    a_steps, b_steps = episode(2, 4), episode(3, 4)
+    a_steps, b_steps = expert_rollout(2, 4), expert_rollout(3, 4)
     local_a, local_b = Policy.load(export), Policy.load(export)
     with served.client() as a, served.client() as b:
         for obs_a, obs_b in zip(a_steps, b_steps):
@@ -174,7 +164,7 @@ def test_two_interleaving_clients_keep_their_own_history_and_reset(served, expor
 
 
 def changed(**changes) -> dict:
-    observation = wire(episode(0, 1)[0])
+    observation = wire(expert_rollout(0, 1)[0])
     for key, value in changes.items():
         if value is None:
             del observation[key]
@@ -209,21 +199,21 @@ def test_a_malformed_observation_gets_a_text_error_naming_the_field_and_a_close(
 
 def assert_refused(served: Served, frame: bytes | str, error: str, code: int) -> None:
     with served.client() as bystander, served.client() as client:
-        bystander.infer(wire(episode(0, 1)[0]))
+        bystander.infer(wire(expert_rollout(0, 1)[0]))
         client.websocket.send(frame)
         answer = client.websocket.recv(30)
         assert isinstance(answer, str) and answer.startswith(error), answer
         with pytest.raises(ConnectionClosed) as closed:
             client.websocket.recv(30)
         assert closed.value.rcvd.code == code
-        assert bystander.infer(wire(episode(0, 1)[0]))["actions"].shape[0] >= 1  # unaffected
+        assert bystander.infer(wire(expert_rollout(0, 1)[0]))["actions"].shape[0] >= 1  # unaffected
 
 
 def test_frames_that_are_not_openpi_msgpack_are_refused(served):
     assert_refused(served, "{}", "frame: expected a binary msgpack frame, got text", 1011)
     assert_refused(served, b"\xc1", "frame: expected one msgpack message", 1011)
     bad_array = {b"__ndarray__": True, b"data": b"\0" * 10, b"dtype": "|u1", b"shape": [32, 32, 3]}
-    assert_refused(served, packb({**wire(episode(0, 1)[0]), "images": {"static": bad_array, "wrist": IMAGE}}),
+    assert_refused(served, packb({**wire(expert_rollout(0, 1)[0]), "images": {"static": bad_array, "wrist": IMAGE}}),
                    "images.static: 10 bytes of data for shape (32, 32, 3) uint8 (3072 expected)", 1011)
 
 
@@ -242,7 +232,7 @@ def test_the_api_key_is_required_and_healthz_answers(served):
 
 
 def test_a_slow_and_a_dead_client_never_block_the_batch(served):
-    observation = wire(episode(0, 1)[0])
+    observation = wire(expert_rollout(0, 1)[0])
     headers = {"Authorization": f"Api-Key {API_KEY}"}
     with connect(f"ws://{served.host}:{served.port}/", additional_headers=headers) as slow:
         slow.recv(30)  # metadata

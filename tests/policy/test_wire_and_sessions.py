@@ -6,10 +6,10 @@ import msgpack
 import numpy as np
 import pytest
 import yaml
+from test_policy import expert_rollout
 
 from vla.policy import Policy
 from vla.policy.msgpack_numpy import WireError, packb, unpackb
-from vla.sim import SimConfig, SyntheticEnv
 
 
 def test_arrays_round_trip_in_openpis_layout():
@@ -38,18 +38,10 @@ def test_object_arrays_are_never_sent():
         packb(np.array([None]))
 
 
-def episode(seed: int, steps: int) -> list[dict]:
-    env = SyntheticEnv(SimConfig())
-    observations = [env.reset(seed)]
-    for _ in range(steps - 1):
-        observations.append(env.step(env.expert_action())[0])
-    return observations
-
-
 def test_sessions_step_in_any_subset_and_order_with_their_own_history(tiny_export):
     """Keyed sessions, stepped together in varying groups, equal one policy per session."""
     served = Policy.load(tiny_export)
-    episodes = {key: episode(seed, 4) for seed, key in enumerate(["a", "b", "c"])}
+    episodes = {key: expert_rollout(seed, 4) for seed, key in enumerate(["a", "b", "c"])}
     alone = {key: Policy.load(tiny_export) for key in episodes}
     steps = {key: 0 for key in episodes}
     for group in (["a", "b", "c"], ["c", "a"], ["b"], ["b", "c", "a"], ["a", "c"]):
