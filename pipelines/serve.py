@@ -51,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     if error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    import ray  # after the arguments are checked
-    from ray import serve
+    from ray import serve  # after the arguments are checked
 
     from vla.configuration import ConfigError
     from vla.policy.server import APP_NAME, build_app
+    from vla.ray_init import start_or_join_ray
 
     api_key = os.environ.get(API_KEY_ENV)
     export = args.export if "://" in args.export else str(Path(args.export).expanduser().resolve())
@@ -69,8 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # The key reaches the replicas in their environment (never in the application's arguments).
     env = {API_KEY_ENV: api_key} if api_key else {}
-    # "local": a new cluster, never one another process on this machine happens to run.
-    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", runtime_env={"env_vars": env} if env else None)
+    start_or_join_ray(runtime_env={"env_vars": env} if env else None)
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(app, name=APP_NAME, route_prefix="/")
     print(f"serving {export} at ws://{args.host}:{args.port}/ ({args.replicas} replica(s), "
