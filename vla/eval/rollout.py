@@ -2,7 +2,7 @@
 synthetic task or MetaWorld), spread over Ray tasks.
 
 A policy here is anything with ``reset(env_index=None)`` and ``act_batch(observations) -> [E, D]``
-(``vla.policy.Policy``, ``PolicyClient``, or the baselines below). Each Ray task builds its
+(``vla.policy.Policy`` trained on the environment's action space, or the baselines below). Each Ray task builds its
 policy from a picklable factory and steps its share of the episodes in lockstep, so a trained
 policy encodes all of its environments' frames in one forward pass per step. A policy whose
 ``observes`` is False (the baselines) gets no rendered images, except in recorded episodes.
