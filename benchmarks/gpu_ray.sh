@@ -12,15 +12,18 @@
 #   bash benchmarks/gpu_ray.sh cpu CARRY OUT       # the same chain on a CPU (pack with this Python's version)
 #
 # Packing (`pack`). The GPU machine (Python 3.12, torch 2.11, transformers 5.17, no Ray, no
-# network; at most 64 MiB of files travel with a command) lacks Ray, transformers 5.24 and
-# jsonschema with its dependencies (everything else Ray Train, Ray Data and vla import is there:
-# pandas, pyarrow, fsspec, aiohttp, grpcio, protobuf, msgpack, requests, pyyaml, click, filelock).
+# network; at most 64 MiB of files travel with a command) lacks Ray, transformers 5.24,
+# jsonschema and pydantic (Ray Train V2's state schema imports it) with their dependencies;
+# everything else Ray Train, Ray Data and vla import is there (pandas, pyarrow, fsspec, aiohttp,
+# grpcio, protobuf, msgpack, requests, pyyaml, click, filelock). Ray's optional dashboard and
+# metrics packages (aiohttp_cors, colorful, opencensus, opentelemetry) are not carried.
 #   1. pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp
 #        --platform manylinux2014_x86_64 ray==2.60.0        (a 79 MB wheel: over the limit)
 #   2. unzip it, delete ray/jars (Java, unused) and ray/rllib (unused), then
 #        tar cf - . | xz -9  ->  CARRY/ray-2.60.0-cpXY.tar.xz, a plain site-packages tree
 #   3. pip download the wheels transformers==5.24.0 jsonschema==4.26.0 referencing==0.37.0
-#        jsonschema-specifications==2025.9.1 (pure Python) and rpds-py==2026.9.1 (cpXY)
+#        jsonschema-specifications==2025.9.1 pydantic==2.14.4 annotated-types==0.8.0
+#        typing-inspection==0.4.5 (pure Python), rpds-py==2026.9.1 and pydantic-core==2.50.5 (cpXY)
 # `run` unpacks the tarball into OUT/site, installs the wheels there with
 # pip install --no-index --no-deps --target, and puts OUT/site first on PYTHONPATH.
 #
@@ -35,8 +38,9 @@
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 RAY_VERSION=2.60.0
-PY_WHEELS=(transformers==5.24.0 jsonschema==4.26.0 referencing==0.37.0 jsonschema-specifications==2025.9.1)
-BINARY_WHEELS=(rpds-py==2026.9.1)
+PY_WHEELS=(transformers==5.24.0 jsonschema==4.26.0 referencing==0.37.0 jsonschema-specifications==2025.9.1
+           pydantic==2.14.4 annotated-types==0.8.0 typing-inspection==0.4.5)
+BINARY_WHEELS=(rpds-py==2026.9.1 pydantic-core==2.50.5)
 
 pack() {
     local carry=$1 py=${2:-3.12} work
@@ -69,7 +73,7 @@ for tarball in carry.glob("ray-*.tar.xz"):
         tar.extractall(site, filter="tar")
 EOF
     $PYTHON -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" "$carry"/*.whl
-    export PYTHONPATH="$site:$REPO"
+    export PYTHONPATH="$site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
     $PYTHON -c "import ray, transformers; print('ray', ray.__version__, 'from', ray.__file__); \
 print('transformers', transformers.__version__, 'from', transformers.__file__)"
 }
@@ -124,6 +128,8 @@ pack)
 run | cpu)
     carry=${2:?CARRY folder} out=$(realpath -m "${3:-gpu_ray_out}")
     PYTHON=${PYTHON:-python3}
+    # The raylet waits this long for its dashboard agent (30 s by default, overrun once on a loaded 2-core machine).
+    export RAY_agent_register_timeout_ms=${RAY_agent_register_timeout_ms:-120000}
     cd "$REPO"
     install "$carry" "$out/site"
     chain "$([ "$command" = run ] && echo gpu || echo cpu)" "$out"
