@@ -43,9 +43,11 @@ def steady_windows(records: list[dict]) -> list[dict]:
 def act_latency_ms(export: Path, device: str) -> list[float]:
     policy = Policy.load(export, device)
     rng = np.random.default_rng(0)
-    size = policy.preprocessor.image_size
-    observation = {"images": {c: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for c in policy.preprocessor.cameras},
+    size = policy.image_size
+    observation = {"images": {c: rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for c in policy.cameras},
                    "instruction": "pick up the red block"}
+    if policy.state_dim:
+        observation["state"] = [0.0] * policy.state_dim
     for _ in range(3):
         policy.act(observation)  # the history fills, first-call costs paid
     times = []
