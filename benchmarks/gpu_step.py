@@ -4,11 +4,14 @@
     python -m benchmarks.gpu_step --family kosmos2 --frames 16 --chunk 10
     python -m benchmarks.gpu_step --family paligemma --compile false --optimizer adamw   # what each change buys
     python -m benchmarks.gpu_step --small                                # CPU: the same path end to end, ~1 min
+    python -m benchmarks.gpu_step --family paligemma --layers 4 --json out.json   # 4 vision + 4 LM blocks; figures as JSON
 
 The backbone is built (random weights) from its published config
 (``tests/fixtures/hf-published/<family>/config.json``), the head and loss from the project's
 CALVIN config (``configs/calvin_<family>.yaml``). ``--small`` cuts every width and depth
-(1 vision and 1 LM block, 1/8 of the hidden sizes and of the vocabulary) so that the identical code runs on a CPU.
+(1 vision and 1 LM block, 1/8 of the hidden sizes and of the vocabulary) so that the identical code runs on a CPU;
+``--layers N`` keeps at most N blocks in the vision tower and in the LM (the depth
+``benchmarks/gpu_ray.sh`` trains through Ray, to compare the same model).
 
 Platform: ``vla.train.step`` at world size 1 exactly as a Ray Train worker runs it:
 ``parallelize`` (per-block compile, activation checkpointing if asked, FSDP2 with mixed
@@ -73,11 +76,25 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense peak if not in the table")
     parser.add_argument("--skip-bare", action="store_true", help="time only the platform step")
+    parser.add_argument("--layers", type=int, default=None, help="at most this many vision and LM blocks")
+    parser.add_argument("--json", help="also write the platform step's figures to this JSON file")
     args = parser.parse_args()
     args.windows = args.windows or (2 if args.small else 4)
     args.frames = args.frames or (2 if args.small else 8)
     args.steps = args.steps or (5 if args.small else 20)
     return args
+
+
+def cut_depth(config: dict, layers: int) -> dict:
+    """The published config with at most ``layers`` blocks in the vision tower and in the LM."""
+    cut = dict(config)
+    for key in ("text_config", "vision_config"):
+        sub = dict(config[key])
+        for name in ("num_hidden_layers", "layers"):
+            if name in sub:
+                sub[name] = min(sub[name], layers)
+        cut[key] = sub
+    return cut
 
 
 def shrink(config: dict) -> dict:
@@ -93,16 +110,13 @@ def shrink(config: dict) -> dict:
         for name in heads:
             if name in sub:
                 sub[name] = max(1, sub[name] // SMALL_DIVISOR)
-        for name in ("num_hidden_layers", "layers"):
-            if name in sub:
-                sub[name] = 1
         if "head_dim" in sub or sub.get("model_type") == "gemma":
             sub["head_dim"] = sub["hidden_size"] // sub["num_attention_heads"]
         small[key] = sub
     for name in ("hidden_size", "projection_dim", "vocab_size"):
         if name in small:
             small[name] //= SMALL_DIVISOR
-    return small
+    return cut_depth(small, 1)
 
 
 def load_model_config(args: argparse.Namespace) -> tuple[ModelConfig, object]:
@@ -110,9 +124,15 @@ def load_model_config(args: argparse.Namespace) -> tuple[ModelConfig, object]:
     section = yaml.safe_load((REPO / "configs" / f"calvin_{args.family}.yaml").read_text())["model"]
     section.update(pretrained_path=None, window_size=args.frames, fwd_pred_next_n=args.chunk)
     model_cfg = from_dict(ModelConfig, section)
-    published = json.loads((PUBLISHED / args.family / "config.json").read_text())
-    config_class = BACKBONES[args.family].hf_model_class.config_class
-    return model_cfg, config_class.from_dict(shrink(published) if args.small else published)
+    return model_cfg, published_config(args.family, small=args.small, layers=args.layers)
+
+
+def published_config(family: str, *, small: bool = False, layers: int | None = None) -> PretrainedConfig:
+    """The family's published backbone config; ``small``: ``shrink``-ed; ``layers``: ``cut_depth``."""
+    published = json.loads((PUBLISHED / family / "config.json").read_text())
+    published = shrink(published) if small else published
+    published = cut_depth(published, layers) if layers else published
+    return BACKBONES[family].hf_model_class.config_class.from_dict(published)
 
 
 def make_batch(model_cfg: ModelConfig, image_size: int, args: argparse.Namespace, vocab: int, device) -> Batch:
@@ -283,6 +303,9 @@ def main() -> None:
         print(f"{label:>10} {run['step_time_s']:9.3f} {frames / run['step_time_s']:9.1f} {mfu} {run['peak_gib']:18.2f}")
     if bare:
         print(f"platform / bare throughput: {bare['step_time_s'] / platform['step_time_s']:.2f}")
+    if args.json:
+        figures = {k: v for k, v in platform.items() if k != "settings"} | {"frames_per_s": frames / platform["step_time_s"]}
+        Path(args.json).write_text(json.dumps(figures | {"settings": platform["settings"], "device": name}, indent=1))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """kill -9 of the driver, then of a Train worker, then a damaged newest checkpoint and a deleted
 one that Ray's own record names: every re-run resumes from the newest intact checkpoint, with
-the state it saved (identical fingerprints), and metrics.jsonl never holds a step twice."""
+the step it saved (that a load restores the saved state exactly: tests/train/test_collectives.py),
+and metrics.jsonl never holds a step twice."""
 
 from __future__ import annotations
 
@@ -30,11 +31,7 @@ def metrics(run_dir: Path) -> list[dict]:
 
 def assert_resumed_exactly(run_dir: Path, steps: list[int]) -> None:
     records = metrics(run_dir)
-    saved = {r["step"]: r["checkpoint_fingerprint"] for r in records if "checkpoint_fingerprint" in r}
-    resumed = [(r["step"], r["resumed_fingerprint"]) for r in records if "resumed_fingerprint" in r]
-    assert [step for step, _ in resumed] == steps
-    for step, fingerprint in resumed:
-        assert fingerprint == saved[step], f"the state resumed at step {step} is not the one saved"
+    assert [r["step"] for r in records if "checkpoint_load_s" in r] == steps
     keys = Counter((r["step"], key) for r in records for key in r if key != "step")
     assert [k for k, n in keys.items() if n > 1] == [], "metrics.jsonl holds a step twice"
 

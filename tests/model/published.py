@@ -86,7 +86,7 @@ def _small_tokenizer(specials: dict[str, int]) -> Tokenizer:
     return tokenizer
 
 
-def _write_tokenizer(family: str, source: Path, directory: Path) -> None:
+def write_tokenizer(family: str, source: Path, directory: Path) -> None:
     if family == "qwen2vl":  # the real tokenizer is published
         for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
             shutil.copy(source / name, directory / name)
@@ -116,5 +116,5 @@ def build_published_folder(family: str, directory: Path, seed: int = 0) -> Path:
     for name in ("preprocessor_config.json", "generation_config.json"):
         if (source / name).is_file():
             shutil.copy(source / name, directory / name)
-    _write_tokenizer(family, source, directory)
+    write_tokenizer(family, source, directory)
     return directory

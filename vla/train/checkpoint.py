@@ -36,6 +36,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from vla.train import collectives
 from vla.train.storage import filesystem
 
 log = logging.getLogger("vla.train")
@@ -56,28 +57,6 @@ class TrainState:
     epoch: int = 0
     batch_in_epoch: int = 0  # micro-batches consumed in the current epoch
     samples_seen: int = 0  # windows seen by all ranks together
-
-
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
-
-
-@torch.no_grad()
-def state_fingerprint(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> float:
-    """A sum over every parameter and optimizer-state element (all ranks): equal states, equal sums.
-
-    Logged at each save and each resume so a resumed run can be checked to continue from
-    exactly the state that was saved.
-    """
-    total = torch.zeros((), dtype=torch.float64)
-    for param in model.parameters():
-        total += _local(param).detach().double().abs().sum().cpu()
-    for state in optimizer.state.values():
-        for value in state.values():
-            if torch.is_tensor(value):
-                total += _local(value).double().abs().sum().cpu()
-    dist.all_reduce(total)
-    return float(total)
 
 
 def _rng_state() -> dict:
@@ -101,8 +80,11 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     state: TrainState,
-) -> None:
-    """Every rank calls this with its own empty ``directory``; rank 0 gets the metadata."""
+) -> int:
+    """Every rank calls this with its own empty ``directory``; rank 0 gets the metadata.
+
+    Returns the bytes every rank wrote together.
+    """
     rank = dist.get_rank()
     sharded = {
         "model": get_model_state_dict(model),
@@ -110,13 +92,13 @@ def save_checkpoint(
     }
     dcp.save(sharded, checkpoint_id=str(directory))
     torch.save(_rng_state(), directory / f"rng_rank{rank}.pt")
-    manifests: list[dict | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(manifests, file_manifest(directory))
+    manifests = collectives.all_gather_objects(file_manifest(directory))
+    files = {name: entry for manifest in manifests for name, entry in manifest.items()}
     if rank == 0:
-        files = {name: entry for manifest in manifests for name, entry in manifest.items()}
         record = {"train_state": asdict(state), "scheduler": scheduler.state_dict(),
                   "world_size": dist.get_world_size(), "files": files}
         (directory / TRAIN_STATE_FILE).write_text(json.dumps(record, indent=1))
+    return sum(entry["bytes"] for entry in files.values())
 
 
 def _crc32(stream) -> int:
@@ -217,11 +199,10 @@ def choose_resume_checkpoint(run_dir: str, registered) -> str | None:
 
     ``registered``: ``ray.train.get_checkpoint()`` (a ``Checkpoint`` or None).
     """
-    choice = [None]
+    choice = None
     if dist.get_rank() == 0:
-        choice = [newest_intact_checkpoint(run_dir, registered.path if registered is not None else None)]
-    dist.broadcast_object_list(choice, src=0)
-    return choice[0]
+        choice = newest_intact_checkpoint(run_dir, registered.path if registered is not None else None)
+    return collectives.broadcast_object(choice, src=0)
 
 
 def set_aside_stale_ray_snapshot(run_dir: str) -> str | None:

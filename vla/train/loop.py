@@ -22,6 +22,7 @@ import logging
 import math
 import random
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,12 +37,12 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from vla.config import Config, resolve_config
 from vla.eval.during_training import CheckpointEvaluator
 from vla.model import build_model, count_parameters, pretrained_loader, save_export
+from vla.train import collectives
 from vla.train.checkpoint import (
     TrainState,
     choose_resume_checkpoint,
     load_checkpoint,
     save_checkpoint,
-    state_fingerprint,
 )
 from vla.train.faults import maybe_kill_after_checkpoint
 from vla.train.parallelize import reshard, weights_dtype_for
@@ -62,10 +63,10 @@ def maybe_inject_failure(step: int, inject_at: int, run_dir: str) -> None:
     """Raise once per run at step ``inject_at``; a marker in the run folder makes it once."""
     marker = f"{run_dir}/injected_failure_step{inject_at}"
     if inject_at and step == inject_at and not exists(marker):
-        dist.barrier()
+        collectives.barrier()
         if dist.get_rank() == 0:
             write_bytes(marker, b"")
-        dist.barrier()
+        collectives.barrier()
         raise InjectedFailure(f"train.inject_failure_at_step={step} on rank {dist.get_rank()}")
 
 
@@ -166,20 +167,27 @@ def maybe_validate(run: Run, val_shard) -> bool:
 
 
 def checkpoint_and_report(run: Run) -> None:
-    """Save a sharded checkpoint (every rank) and hand it to Ray Train with the metrics."""
+    """Save a sharded checkpoint (every rank) and hand it to Ray Train with the metrics.
+
+    Rank 0 logs how long the save took (``checkpoint_save_s``: every rank's shards written to a
+    local folder), how long Ray took to persist it to the run's storage (``checkpoint_report_s``)
+    and the size of all ranks' files (``checkpoint_gb``).
+    """
     trainer, state = run.trainer, run.state
-    fingerprint = state_fingerprint(trainer.model, trainer.optimizer)
-    if run.logger is not None:
-        run.logger.log(state.step, {"checkpoint_fingerprint": fingerprint})
     with tempfile.TemporaryDirectory(prefix="vla_ckpt_") as tmp:
-        save_checkpoint(Path(tmp), trainer.model, trainer.optimizer, trainer.scheduler, state)
+        start = time.perf_counter()
+        size = save_checkpoint(Path(tmp), trainer.model, trainer.optimizer, trainer.scheduler, state)
+        saved = time.perf_counter()
         ray.train.report(
             run.report_metrics(),
             checkpoint=ray.train.Checkpoint.from_directory(tmp),
             checkpoint_dir_name=f"checkpoint_step{state.step:07d}",
         )
+        reported = time.perf_counter()
     run.last_checkpoint_step = state.step
     if run.logger is not None:
+        run.logger.log(state.step, {"checkpoint_save_s": saved - start, "checkpoint_report_s": reported - saved,
+                                    "checkpoint_gb": size / 1e9})
         run.logger.sync()
 
 
@@ -247,16 +255,15 @@ def build_run(cfg: Config, run_dir: str, total_steps: int, rank: int, world_size
 def resume(run: Run, rank: int) -> None:
     """Load Ray Train's latest checkpoint, if any, and seed this rank for the position reached."""
     trainer = run.trainer
+    start = time.perf_counter()
     resumed = choose_resume_checkpoint(run.run_dir, ray.train.get_checkpoint())
     if resumed is not None:
         with ray.train.Checkpoint(resumed).as_directory() as directory:
             trainer.state = load_checkpoint(Path(directory), trainer.model, trainer.optimizer, trainer.scheduler)
     if run.logger is not None:
         run.logger.cut_after(run.state.step)
-    if resumed is not None:
-        fingerprint = state_fingerprint(trainer.model, trainer.optimizer)
-        if run.logger is not None:
-            run.logger.log(run.state.step, {"resumed_fingerprint": fingerprint})
+        if resumed is not None:  # the record of a resume: the step it resumed at, and the load's time
+            run.logger.log(run.state.step, {"checkpoint_load_s": time.perf_counter() - start})
     seed_everything(run.cfg.train.seed + 1000 * rank + run.state.step)
 
 
@@ -285,8 +292,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     if ran_out and run.last_checkpoint_step != run.state.step:
         checkpoint_and_report(run)
     if cfg.run.export:
+        start = time.perf_counter()
         destination = export_policy(run.trainer.model, cfg, run_dir, loop_config["normalization_json"])
         if destination is not None:
+            run.logger.log(run.state.step, {"export_s": time.perf_counter() - start})
             log.info("exported the policy to %s", destination)
     if evaluator is not None:
         evaluator.finish(run.state.step)

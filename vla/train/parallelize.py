@@ -125,7 +125,7 @@ def parallelize(model: nn.Module, train_cfg: TrainConfig, device: torch.device, 
 def reshard(model: nn.Module) -> None:
     """Free the unsharded parameters a no-grad forward leaves behind (FSDP2 keeps the root's).
 
-    Call after evaluation: checkpoints and fingerprints must see the sharded parameters.
+    Call after evaluation: checkpoints and exports must see the sharded parameters.
     """
     for module in model.modules():
         if isinstance(module, FSDPModule):

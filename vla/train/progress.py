@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
+from vla.train import collectives
 from vla.train.storage import exists, is_uri, read_bytes, upload
 
 log = logging.getLogger("vla.train")
@@ -84,9 +84,7 @@ class MetricSums:
             return {}
         keys = sorted(self.sums)
         count = torch.tensor(float(self.count), device=self.sums[keys[0]].device)
-        totals = torch.stack([self.sums[key] for key in keys] + [count])
-        if dist.is_initialized():
-            dist.all_reduce(totals)
+        totals = collectives.all_reduce(torch.stack([self.sums[key] for key in keys] + [count]))
         *values, total_count = totals.tolist()
         self.sums, self.count = {}, 0
         return {key: value / max(1.0, total_count) for key, value in zip(keys, values)}

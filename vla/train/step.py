@@ -3,7 +3,8 @@
 ``build_trainer`` parallelizes a model and builds its optimizer, schedule and loss scaler;
 ``train_step`` takes one optimizer step over ``train.grad_accum_steps`` micro-batches. No step
 waits for the device: losses, metrics and the gradient norm stay on it as detached sums
-(``MetricSums``) until a caller reads them.
+(``MetricSums``) until a caller reads them. ``build_trainer`` makes the trainer's device the one
+every collective of ``vla.train.collectives`` runs on.
 
 Imports neither Ray nor ``vla.data``: the GPU benchmark runs it where Ray is not installed.
 """
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
+from vla.train import collectives
 from vla.train.checkpoint import TrainState
 from vla.train.config import TrainConfig
 from vla.train.parallelize import build_grad_scaler, parallelize
@@ -57,6 +59,7 @@ def build_trainer(
 ) -> Trainer:
     """Parallelize ``model`` (compile, checkpointing, FSDP2), then build the optimizer over the
     sharded trainable parameters, the schedule over ``total_steps`` and the loss scaler."""
+    collectives.use_device(device)
     tokens_per_frame = lm_tokens_per_frame(model, text_len)
     parallelize(model, train_cfg, device, world_size)
     optimizer = build_optimizer((p for p in model.parameters() if p.requires_grad), train_cfg, device)

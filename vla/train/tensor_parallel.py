@@ -21,6 +21,7 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel, parallelize_module
 
 from vla.configuration import ConfigError
+from vla.train import collectives
 
 STYLES: dict[str, type[ParallelStyle]] = {"colwise": ColwiseParallel, "rowwise": RowwiseParallel}
 TP_DIM = "tp"
@@ -61,12 +62,10 @@ def same_batch_in_group(model: nn.Module, batch: dict[str, torch.Tensor]) -> dic
     shared = {}
     for key in sorted(batch):
         tensor = batch[key].contiguous()
-        shape = torch.tensor(tensor.shape, dtype=torch.int64, device=tensor.device)
-        dist.broadcast(shape, src=source, group=group)
+        shape = collectives.broadcast(torch.tensor(tensor.shape, dtype=torch.int64), src=source, group=group)
         if dist.get_rank() != source:
-            tensor = torch.empty(tuple(shape.tolist()), dtype=tensor.dtype, device=tensor.device)
-        dist.broadcast(tensor, src=source, group=group)
-        shared[key] = tensor
+            tensor = torch.empty(tuple(shape.tolist()), dtype=tensor.dtype, device=collectives.device())
+        shared[key] = collectives.broadcast(tensor, src=source, group=group)
     return shared
 
 
