@@ -7,7 +7,7 @@ from typing import Literal
 
 from vla.configuration import check
 
-BACKBONES = ("paligemma", "kosmos2", "llava", "qwen2vl")
+BACKBONES = ("paligemma", "kosmos2", "llava", "qwen2vl", "qwen2_5_vl", "smolvlm2", "paligemma2")
 HEADS = ("lstm", "mlp")
 
 
@@ -15,8 +15,9 @@ HEADS = ("lstm", "mlp")
 class ModelConfig:
     # Backbone: a VLM family, loaded from a local Hugging Face directory (`pretrained_path`)
     # or, when that is null, built tiny from a config (tests and the demo).
-    backbone: Literal["paligemma", "kosmos2", "llava", "qwen2vl"] = "paligemma"
+    backbone: Literal["paligemma", "kosmos2", "llava", "qwen2vl", "qwen2_5_vl", "smolvlm2", "paligemma2"] = "paligemma"
     pretrained_path: str | None = None
+    lm_layers: int | None = None  # keep only the LM's first K decoder blocks (SmolVLA: 16); null: all
     tiny_hidden_size: int = 64
     tiny_num_layers: int = 2
     tiny_vision_tower: Literal["clip", "siglip"] = "clip"  # tiny LLaVA's tower
@@ -46,6 +47,7 @@ class ModelConfig:
     def validate(self) -> None:
         check(self.tiny_hidden_size > 0, "tiny_hidden_size", "must be > 0")
         check(self.tiny_num_layers > 0, "tiny_num_layers", "must be > 0")
+        check(self.lm_layers is None or self.lm_layers >= 1, "lm_layers", "must be >= 1 or null")
         check(self.image_size >= 8, "image_size", "must be >= 8 pixels")
         check(self.num_views >= 1, "num_views", "must be >= 1")
         check(self.latent_num >= 1, "latent_num", "must be >= 1")
