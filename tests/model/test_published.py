@@ -5,6 +5,7 @@ image size, and an export that a Policy acts with on frames of another size than
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ TOWER_SIZE = {"paligemma": 224, "kosmos2": 224, "llava": 336, "qwen2vl": 56, "qw
               "paligemma2": 224}
 ANY_SIZE = ("qwen2vl", "qwen2_5_vl")
 MAX_LEN = 16
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.fixture(scope="session")
@@ -222,3 +224,13 @@ def test_paligemma_and_paligemma2_checkpoints_are_told_apart(published_folders):
 def test_smolvlm2_reads_one_512_px_tile_as_64_tokens(published_models):
     model, _ = published_models["smolvlm2"]
     assert model.image_size == 512 and model.backbone.vision_tokens(512) == 64  # 32 x 32 patches, shuffled by 4
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if (CONFIGS / f"calvin_{f}.yaml").is_file()])
+def test_the_fine_tuning_config_builds_its_model_from_the_published_folder(published_folders, family):
+    """configs/calvin_<family>.yaml as shipped, pointed at the (cut-down) published folder."""
+    cfg = load_config(CONFIGS / f"calvin_{family}.yaml", [f"model.pretrained_path={published_folders[family]}",
+                                                          "model.lm_layers=1"])  # the cut folder has 1-2 blocks
+    model = build_model(cfg.model)
+    assert model.backbone.family == family and len(model.backbone.decoder_blocks()) == 1
+    assert model.image_size == run_image_size(cfg.model)
