@@ -37,7 +37,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from vla.config import load_config
-from vla.data.stats import ActionNormalizer
+from vla.data.stats import Normalization, Normalizer
 from vla.model import ModelConfig, build_sharded_model
 from vla.model.backbones import BACKBONES
 from vla.model.export import BACKBONE_CONFIG, MODEL_CONFIG, WEIGHTS, run_files
@@ -116,7 +116,7 @@ def prepare(root: Path, family: str) -> None:
     model.backbone.hf_config.to_json_file(str(export / BACKBONE_CONFIG))
     build_tiny_tokenizer().save_pretrained(str(export))
     run = load_config(None, [f"model.backbone={family}", f"model.pretrained_path={folder}", "model.image_size=224"])
-    for name, text in run_files(run.to_dict(), ActionNormalizer.from_stats(None, "none").to_dict()).items():
+    for name, text in run_files(run.to_dict(), Normalization(Normalizer.from_stats(None, "none", range(6))).to_dict()).items():
         (export / name).write_text(text)
     print(f"wrote the policy export {export}")
 

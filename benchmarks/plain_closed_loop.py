@@ -3,12 +3,15 @@
     python -m benchmarks.plain_closed_loop                                    # the demo's config and data
     python -m benchmarks.plain_closed_loop --action-noise 0 model.head=lstm model.window_size=4 \\
         model.fwd_pred_next_n=2 data.batch_size=4                            # a variant: key=value overrides
+    python -m benchmarks.plain_closed_loop --hide-gripper model.use_state=true   # the hidden-state task
 
 The demo's optimization (configs/demo.yaml: AdamW, warmup + cosine, clipping, its global batch
 and steps) runs in this process on every training window preloaded as tensors, without Ray
 Train's start-up and per-step overhead; the closed-loop guard (tests/eval/test_closed_loop.py)
 trains the same way. Then ``--eval-episodes`` closed-loop episodes of the trained policy on the
 unseen evaluation scenes. Prints the training time and the success rate with its 95% interval.
+``--hide-gripper`` runs the hidden-state variant (``vla.sim.env``): the gripper is only in the
+robot state, which the model reads with ``model.use_state=true`` (the demo config turns it off).
 """
 
 from __future__ import annotations
@@ -23,18 +26,22 @@ import pyarrow.parquet as pq
 import torch
 
 from vla.config import Config, load_config
-from vla.data import ActionNormalizer, load_metadata
+from vla.data import Normalization, check_dataset, load_metadata
 from vla.data.converters.synthetic import convert_synthetic
-from vla.data.pipeline import episode_to_windows, load_tokenizer, split_files
-from vla.data.transforms import BATCH_KEYS
+from vla.data.pipeline import episode_columns, episode_to_windows, load_tokenizer, split_files
 from vla.eval.rollout import evaluation_seeds, run_episodes, summarize
 from vla.model import build_model, build_tokenizer, save_export
 from vla.policy import Policy
 from vla.sim import SimConfig
-from vla.train.launch import DEMO_ACTION_NOISE, DEMO_EPISODES
+from vla.train.launch import DEMO_ACTION_NOISE, DEMO_EPISODES, with_data_spec
 from vla.train.schedule import build_scheduler
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+
+
+def data_normalization(cfg: Config) -> Normalization:
+    """The run's normalization, with the state's when the model reads it (as ``check_run`` computes it)."""
+    return Normalization.from_metadata(load_metadata(cfg.data.path), cfg.data, use_state=cfg.model.state_dim > 0)
 
 
 def training_windows(cfg: Config, tokenizer_dir: str) -> dict[str, torch.Tensor]:
@@ -42,10 +49,12 @@ def training_windows(cfg: Config, tokenizer_dir: str) -> dict[str, torch.Tensor]
     meta = load_metadata(cfg.data.path)
     transform = episode_to_windows(cfg.data, meta, window_size=cfg.model.window_size,
                                    fwd_pred_next_n=cfg.model.fwd_pred_next_n, image_size=cfg.model.image_size,
-                                   tokenizer=load_tokenizer(tokenizer_dir), train=False)
+                                   tokenizer=load_tokenizer(tokenizer_dir), train=False,
+                                   normalization=data_normalization(cfg))
+    columns = episode_columns(cfg.data.cameras, state=cfg.model.state_dim > 0)
     parts = [w for file in split_files(cfg.data.path, meta, "train", cfg.data.cameras)
-             for w in transform.windows(pq.read_table(file))]
-    return {key: torch.from_numpy(np.concatenate([p[key] for p in parts])) for key in BATCH_KEYS}
+             for w in transform.windows(pq.read_table(file, columns=columns))]
+    return {key: torch.from_numpy(np.concatenate([p[key] for p in parts])) for key in parts[0]}
 
 
 def train_plainly(cfg: Config, windows: dict[str, torch.Tensor]) -> torch.nn.Module:
@@ -63,7 +72,7 @@ def train_plainly(cfg: Config, windows: dict[str, torch.Tensor]) -> torch.nn.Mod
     for _ in range(tcfg.max_steps):
         rows = torch.randint(0, count, (batch_size,), generator=generator)  # one draw for every key
         batch = {key: value[rows] for key, value in windows.items()}
-        output = model(batch["images"], batch["input_ids"], batch["attention_mask"])
+        output = model(batch["images"], batch["input_ids"], batch["attention_mask"], batch.get("state"))
         loss = model.loss(output, batch["actions"], batch["action_mask"])["loss"]
         optimizer.zero_grad()
         loss.backward()
@@ -75,8 +84,7 @@ def train_plainly(cfg: Config, windows: dict[str, torch.Tensor]) -> torch.nn.Mod
 
 def write_export(directory: str | Path, model: torch.nn.Module, cfg: Config) -> str:
     """What ``vla.train.loop.export_policy`` writes: the model, ``normalization.json``, ``config.yaml``."""
-    normalizer = ActionNormalizer.from_metadata(load_metadata(cfg.data.path), cfg.data)
-    save_export(directory, model, run_config=cfg.to_dict(), normalization=normalizer.to_dict())
+    save_export(directory, model, run_config=cfg.to_dict(), normalization=data_normalization(cfg).to_dict())
     return str(directory)
 
 
@@ -85,22 +93,27 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=DEMO_EPISODES, help="training demonstrations")
     parser.add_argument("--action-noise", type=float, default=DEMO_ACTION_NOISE, help="DART noise of the demonstrations")
     parser.add_argument("--eval-episodes", type=int, default=100)
+    parser.add_argument("--hide-gripper", action="store_true", help="the hidden-state variant of the task")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="overrides of configs/demo.yaml")
     args = parser.parse_args()
     torch.set_num_threads(2)
     work = tempfile.mkdtemp(prefix="vla_plain_")
-    convert_synthetic(f"{work}/data", episodes=args.episodes, val_episodes=4, action_noise=args.action_noise)
+    convert_synthetic(f"{work}/data", episodes=args.episodes, val_episodes=4, action_noise=args.action_noise,
+                      show_gripper=not args.hide_gripper)
     cfg = load_config(str(DEMO_CONFIG), [f"data.path={work}/data", *args.overrides])
+    cfg = with_data_spec(cfg, check_dataset(cfg.data, ["train"], cfg.model.use_state))
     build_tokenizer(cfg.model).save_pretrained(f"{work}/tokenizer")
     windows = training_windows(cfg, f"{work}/tokenizer")
     start = time.perf_counter()
     model = train_plainly(cfg, windows)
     seconds = time.perf_counter() - start
     policy = Policy.load(write_export(f"{work}/export", model, cfg), "cpu")
-    result = summarize(run_episodes(policy, evaluation_seeds(args.eval_episodes), SimConfig(image_size=cfg.model.image_size)))
+    sim = SimConfig(image_size=cfg.model.image_size, show_gripper=not args.hide_gripper)
+    result = summarize(run_episodes(policy, evaluation_seeds(args.eval_episodes), sim))
     low, high = result["success_ci95"]
-    print(f"{args.episodes} demonstrations (action noise {args.action_noise}), {len(windows['actions'])} windows, "
-          f"overrides {args.overrides or 'none'}")
+    task = "hidden-state task" if args.hide_gripper else "demo task"
+    print(f"{task}: {args.episodes} demonstrations (action noise {args.action_noise}), {len(windows['actions'])} "
+          f"windows, overrides {args.overrides or 'none'}, state read: {cfg.model.state_dim or 'no'}")
     print(f"training: {cfg.train.max_steps} steps in {seconds:.0f} s; closed loop: {result['success_rate']:.0%} "
           f"of {args.eval_episodes} episodes (95% interval {low:.1%}-{high:.1%})")
 

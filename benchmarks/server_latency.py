@@ -20,8 +20,9 @@ import msgpack
 import numpy as np
 import torch
 
+from vla.action_space import ActionSpace
 from vla.config import load_config
-from vla.data import ActionNormalizer, ActionStats
+from vla.data import ActionStats, Normalization
 from vla.model import build_model, save_export
 from vla.policy import Policy, PolicyClient, PolicyServer
 from vla.policy.server import encode_observation
@@ -35,8 +36,8 @@ def tiny_export(directory: str) -> str:
     torch.manual_seed(0)
     stats = ActionStats(count=1, min=[-1.0] * 7, max=[1.0] * 7, mean=[0.0] * 7, std=[1.0] * 7,
                         q01=[-1.0] * 7, q99=[1.0] * 7)
-    normalizer = ActionNormalizer.from_stats(stats, cfg.data.normalization, cfg.data.clip_bound)
-    save_export(directory, build_model(cfg.model), run_config=cfg.to_dict(), normalization=normalizer.to_dict())
+    normalization = Normalization.from_stats(stats, None, ActionSpace(), None, cfg.data)
+    save_export(directory, build_model(cfg.model), run_config=cfg.to_dict(), normalization=normalization.to_dict())
     return directory
 
 

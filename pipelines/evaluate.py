@@ -68,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     if report["offline"]:
         off = report["offline"]
         dims = " ".join(f"{e:.3f}" for e in off["pose_error_per_dim_unnormalized"])
+        gripper = f", gripper accuracy {off['gripper_accuracy']:.3f}" if "gripper_accuracy" in off else ""
         print(f"offline ({off['split']}, {off['windows']} windows): loss {off['loss']:.4f}, "
-              f"pose error per dim [{dims}], gripper accuracy {off['gripper_accuracy']:.3f}")
+              f"error per continuous dim [{dims}]{gripper}")
     print(f"report: {report['files']['report']}")
     print(f"plot:   {report['files']['plot']}")
     return 0

@@ -1,8 +1,8 @@
 """Convert robot episodes into the Parquet format, or validate a dataset.
 
-    python pipelines/prepare_data.py synthetic OUT [--episodes 200 --val-episodes 20 --seed 0 --image-size 32 --action-noise 0]
+    python pipelines/prepare_data.py synthetic OUT [--episodes 200 --val-episodes 20 --seed 0 --image-size 32 --action-noise 0 --hide-gripper]
     python pipelines/prepare_data.py calvin CALVIN_DIR OUT [--image-encoding png|jpeg]
-    python pipelines/prepare_data.py lerobot LEROBOT_DIR OUT [--camera static=observation.images.top ...]
+    python pipelines/prepare_data.py lerobot LEROBOT_DIR OUT [--camera static=observation.images.top ...] [--gripper 5:open_fraction ...]
     python pipelines/prepare_data.py validate ROOT
 
 ``--parallel N`` runs a converter as N Ray tasks (a local Ray starts unless RAY_ADDRESS is set).
@@ -16,8 +16,9 @@ import sys
 
 from vla.data import DataError, validate_dataset
 from vla.data.converters.calvin import convert_calvin
-from vla.data.converters.lerobot import DEFAULT_STATE_KEY, GRIPPER_CONVENTIONS, convert_lerobot
+from vla.data.converters.lerobot import DEFAULT_STATE_KEY, convert_lerobot
 from vla.data.converters.synthetic import convert_synthetic
+from vla.data.grippers import CONTINUOUS, GRIPPER_CONVENTIONS, GripperError, parse_gripper
 
 
 def camera_mapping(text: str) -> tuple[str, str]:
@@ -25,6 +26,14 @@ def camera_mapping(text: str) -> tuple[str, str]:
     if not (sep and name and key):
         raise argparse.ArgumentTypeError(f"expected NAME=FEATURE (e.g. static=observation.images.top), got {text!r}")
     return name, key
+
+
+def gripper_declaration(text: str) -> str:
+    try:
+        parse_gripper(text)
+    except GripperError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -39,6 +48,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     synthetic.add_argument("--image-size", type=int, default=32)
     synthetic.add_argument("--action-noise", type=float, default=0.0,
                            help="std of the noise added to the executed motion (DART); the expert's action is recorded")
+    synthetic.add_argument("--hide-gripper", action="store_true",
+                           help="the hidden-state variant: the gripper is only in the robot state, not in the images")
 
     calvin = sub.add_parser("calvin", help="a CALVIN split folder (training/ and validation/)")
     calvin.add_argument("source")
@@ -51,12 +62,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     lerobot.add_argument("--camera", type=camera_mapping, action="append", metavar="NAME=FEATURE",
                          help="our camera name and the LeRobot image/video feature it reads, repeated per camera "
                               "(default: the first two camera features as static and wrist)")
-    lerobot.add_argument("--action-key", default="action", help="a 7-dim feature (default %(default)s)")
+    lerobot.add_argument("--action-key", default="action", help="the action feature, any length (default %(default)s)")
     lerobot.add_argument("--state-key", default=DEFAULT_STATE_KEY,
                          help="the state feature (default %(default)s, used when the dataset has it)")
-    lerobot.add_argument("--gripper", choices=list(GRIPPER_CONVENTIONS), default="signed",
-                         help="the source's gripper convention (default %(default)s): "
-                              + "; ".join(f"{k}: {v}" for k, v in GRIPPER_CONVENTIONS.items()))
+    lerobot.add_argument("--gripper", type=gripper_declaration, action="append", default=[], metavar="INDEX:CONVENTION",
+                         help="declare action dimension INDEX a gripper, repeated per gripper (none by default). "
+                              "Binary conventions map it to -1 close / +1 open: "
+                              + "; ".join(f"{k}: {v}" for k, v in GRIPPER_CONVENTIONS.items())
+                              + f"; {CONTINUOUS}: regressed like the other dimensions")
     lerobot.add_argument("--val-episodes", type=int, help="the last K episodes go to val (beats info.json splits)")
     lerobot.add_argument("--val-fraction", type=float, default=0.1,
                          help="the last round(F * episodes) go to val, when info.json names no val/test range")
@@ -87,19 +100,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "synthetic":
             meta = convert_synthetic(args.out, episodes=args.episodes, val_episodes=args.val_episodes,
                                      seed=args.seed, image_size=args.image_size, parallel=args.parallel,
-                                     action_noise=args.action_noise, max_shard_bytes=shard_bytes)
+                                     action_noise=args.action_noise, max_shard_bytes=shard_bytes,
+                                     show_gripper=not args.hide_gripper)
         elif args.command == "calvin":
             meta = convert_calvin(args.source, args.out, parallel=args.parallel,
                                   image_encoding=args.image_encoding, max_shard_bytes=shard_bytes)
         else:
             meta = convert_lerobot(args.source, args.out, cameras=dict(args.camera) if args.camera else None,
-                                   action_key=args.action_key, state_key=args.state_key, gripper=args.gripper,
+                                   action_key=args.action_key, state_key=args.state_key, grippers=args.gripper,
                                    val_episodes=args.val_episodes, val_fraction=args.val_fraction,
                                    parallel=args.parallel, image_encoding=args.image_encoding,
                                    max_shard_bytes=shard_bytes)
     except DataError as err:
         log.error("%s", err)
         return 1
+    log.info("actions: %s; state: %s", meta.action_space.describe(), meta.state_dim or "none")
     for name, split in meta.splits.items():
         log.info("%s: %d episodes, %d steps, %d shard(s)", name, split.episodes, split.steps, len(split.shards))
     return 0

@@ -39,9 +39,22 @@ class Config:
         return to_dict(self)
 
 
+def upgrade_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A config written before action spaces (every run and export saved then holds one) in
+    today's keys: ``data.lerobot_gripper: C`` (the convention of dimension 6 of a 7-value action)
+    becomes ``data.lerobot_grippers: ["6:C"]``."""
+    data_section = data.get("data")
+    if isinstance(data_section, dict) and "lerobot_gripper" in data_section:
+        section = dict(data_section)
+        section.setdefault("lerobot_grippers", [f"6:{section.pop('lerobot_gripper')}"])
+        section.pop("lerobot_gripper", None)
+        data = {**data, "data": section}
+    return data
+
+
 def resolve_config(data: dict[str, Any], overrides: list[str] = ()) -> Config:
     """Apply dotted ``key=value`` overrides to ``data`` and build a validated ``Config``."""
-    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in upgrade_config(data).items()}
     for text in overrides:
         key, value = parse_override(text)
         set_dotted(data, key, value)

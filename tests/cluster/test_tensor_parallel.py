@@ -108,7 +108,7 @@ def check_family(backbone: str, rank: int, shared_dir: Path) -> None:
     batch = same_batch_in_group(model, make_batch(cfg, seed=rank))  # every rank reads its own shard
     loss, output = loss_and_output(model, batch)
     torch.testing.assert_close(loss, expected_loss, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(output.pose, expected_output.pose, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(output.continuous, expected_output.continuous, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(output.gripper_logits, expected_output.gripper_logits, rtol=1e-5, atol=1e-6)
     loss.backward()
     for name, p in model.named_parameters():

@@ -18,8 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from vla.data import DataError, load_metadata, validate_dataset
-from vla.data.converters.lerobot import assign_splits, convert_lerobot, gripper_to_pm1
+from vla.action_space import ActionSpace
+from vla.data.converters.lerobot import assign_splits, convert_lerobot
 from vla.data.episodes import decode_image, encode_image
+from vla.data.grippers import gripper_to_pm1
 
 ROOT = Path(__file__).resolve().parents[2]
 FPS = 10
@@ -28,6 +30,19 @@ TASKS = ["pick up the red block", "open the drawer", "push the button"]
 EPISODES = [(0, 6), (1, 8), (0, 5), (2, 7), (1, 9)]
 CAMERAS = {"observation.images.top": (32, 32), "observation.images.wrist": (32, 24)}  # key -> (height, width)
 VIDEO_TOLERANCE = 4.0  # mean absolute error per pixel after an mpeg4 round trip (consecutive steps differ by ~10)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a written LeRobot dataset holds: the default is a 7-value action and a 4-value state
+    (no names), two small cameras in mpeg4; ``SO100`` in test_any_robot is LeRobot's SO-100 shape."""
+
+    action_dim: int = 7
+    state_dim: int = 4
+    action_names: tuple[str, ...] | None = None
+    state_names: tuple[str, ...] | None = None
+    cameras: tuple[tuple[str, tuple[int, int]], ...] = tuple(CAMERAS.items())
+    codec: str = "mpeg4"
 
 
 @dataclass
@@ -48,21 +63,23 @@ def frame(episode: int, step: int, height: int, width: int) -> np.ndarray:
     return image
 
 
-def source_episodes(gripper_fraction: bool) -> list[SourceEpisode]:
+def source_episodes(gripper_fraction: bool, layout: Layout) -> list[SourceEpisode]:
     rng = np.random.default_rng(0)
     episodes = []
     for index, (task, steps) in enumerate(EPISODES):
-        actions = rng.uniform(-1, 1, (steps, 7)).astype(np.float32)
-        actions[:, 6] = rng.uniform(0, 1, steps) if gripper_fraction else rng.choice([-1.0, 1.0], steps)
-        frames = {key: np.stack([frame(index, s, h, w) for s in range(steps)]) for key, (h, w) in CAMERAS.items()}
-        episodes.append(SourceEpisode(TASKS[task], actions, rng.normal(size=(steps, 4)).astype(np.float32), frames))
+        actions = rng.uniform(-1, 1, (steps, layout.action_dim)).astype(np.float32)
+        if layout.action_dim == 7:
+            actions[:, 6] = rng.uniform(0, 1, steps) if gripper_fraction else rng.choice([-1.0, 1.0], steps)
+        frames = {key: np.stack([frame(index, s, h, w) for s in range(steps)]) for key, (h, w) in layout.cameras}
+        state = rng.normal(size=(steps, layout.state_dim)).astype(np.float32)
+        episodes.append(SourceEpisode(TASKS[task], actions, state, frames))
     return episodes
 
 
-def write_video(path: Path, frames: np.ndarray) -> None:
+def write_video(path: Path, frames: np.ndarray, codec: str = "mpeg4") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=FPS)
+        stream = container.add_stream(codec, rate=FPS)
         stream.height, stream.width, stream.pix_fmt, stream.bit_rate = *frames.shape[1:3], "yuv420p", 8_000_000
         for pts, image in enumerate(frames):
             video_frame = av.VideoFrame.from_ndarray(image, format="rgb24")
@@ -71,7 +88,7 @@ def write_video(path: Path, frames: np.ndarray) -> None:
         container.mux(stream.encode())
 
 
-def data_table(episodes: list[SourceEpisode], indices: list[int], video: bool) -> pa.Table:
+def data_table(episodes: list[SourceEpisode], indices: list[int], video: bool, layout: Layout = Layout()) -> pa.Table:
     """LeRobot frame rows of the episodes ``indices`` (images embedded as ``{bytes, path}`` structs)."""
     rows, first = [], sum(len(e.actions) for e in episodes[:indices[0]])
     for index in indices:
@@ -85,18 +102,21 @@ def data_table(episodes: list[SourceEpisode], indices: list[int], video: bool) -
                     row[key] = {"bytes": encode_image(frames[step], "png"), "path": f"frame_{step:06d}.png"}
             rows.append(row)
     image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    schema = pa.schema([("action", pa.list_(pa.float32(), 7)), ("observation.state", pa.list_(pa.float32(), 4)),
+    schema = pa.schema([("action", pa.list_(pa.float32(), layout.action_dim)),
+                        ("observation.state", pa.list_(pa.float32(), layout.state_dim)),
                         ("timestamp", pa.float32()), ("frame_index", pa.int64()), ("episode_index", pa.int64()),
                         ("index", pa.int64()), ("task_index", pa.int64()),
-                        *([] if video else [(key, image) for key in CAMERAS])])
+                        *([] if video else [(key, image) for key, _ in layout.cameras])])
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def make_info(version: str, video: bool, splits: dict) -> dict:
+def make_info(version: str, video: bool, splits: dict, layout: Layout = Layout()) -> dict:
     features = {key: {"dtype": "video" if video else "image", "shape": [h, w, 3],
-                      "names": ["height", "width", "channels"]} for key, (h, w) in CAMERAS.items()}
-    features |= {"observation.state": {"dtype": "float32", "shape": [4]},
-                 "action": {"dtype": "float32", "shape": [7]},
+                      "names": ["height", "width", "channels"]} for key, (h, w) in layout.cameras}
+    features |= {"observation.state": {"dtype": "float32", "shape": [layout.state_dim],
+                                       "names": list(layout.state_names) if layout.state_names else None},
+                 "action": {"dtype": "float32", "shape": [layout.action_dim],
+                            "names": list(layout.action_names) if layout.action_names else None},
                  **{k: {"dtype": "int64", "shape": [1]}
                     for k in ("frame_index", "episode_index", "index", "task_index")},
                  "timestamp": {"dtype": "float32", "shape": [1]}}
@@ -111,17 +131,17 @@ def make_info(version: str, video: bool, splits: dict) -> dict:
 
 
 def make_lerobot(root: Path, version: str, *, video: bool, gripper_fraction: bool = False,
-                 splits: dict | None = None) -> list[SourceEpisode]:
+                 splits: dict | None = None, layout: Layout = Layout()) -> list[SourceEpisode]:
     """Write a LeRobot dataset folder of ``EPISODES``; returns what it holds, for checking."""
-    episodes = source_episodes(gripper_fraction)
+    episodes = source_episodes(gripper_fraction, layout)
     (root / "meta").mkdir(parents=True)
-    info = make_info(version, video, splits or {"train": f"0:{len(EPISODES)}"})
+    info = make_info(version, video, splits or {"train": f"0:{len(EPISODES)}"}, layout)
     (root / "meta/info.json").write_text(json.dumps(info, indent=4))
-    (write_v21 if version == "v2.1" else write_v30)(root, episodes, video)
+    (write_v21 if version == "v2.1" else write_v30)(root, episodes, video, layout)
     return episodes
 
 
-def write_v21(root: Path, episodes: list[SourceEpisode], video: bool) -> None:
+def write_v21(root: Path, episodes: list[SourceEpisode], video: bool, layout: Layout) -> None:
     lines = [{"episode_index": i, "tasks": [e.task], "length": len(e.actions)} for i, e in enumerate(episodes)]
     (root / "meta/episodes.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     (root / "meta/tasks.jsonl").write_text("".join(json.dumps({"task_index": i, "task": t}) + "\n"
@@ -129,13 +149,13 @@ def write_v21(root: Path, episodes: list[SourceEpisode], video: bool) -> None:
     for index, episode in enumerate(episodes):
         file = root / f"data/chunk-000/episode_{index:06d}.parquet"
         file.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(data_table(episodes, [index], video), file)
+        pq.write_table(data_table(episodes, [index], video, layout), file)
         for key, frames in episode.frames.items():
             if video:
-                write_video(root / f"videos/chunk-000/{key}/episode_{index:06d}.mp4", frames)
+                write_video(root / f"videos/chunk-000/{key}/episode_{index:06d}.mp4", frames, layout.codec)
 
 
-def write_v30(root: Path, episodes: list[SourceEpisode], video: bool) -> None:
+def write_v30(root: Path, episodes: list[SourceEpisode], video: bool, layout: Layout) -> None:
     """Episodes 0-2 in data file 0 and 3-4 in data file 1; each camera's video in one file, concatenated."""
     pd.DataFrame({"task_index": range(len(TASKS))}, index=pd.Index(TASKS, name="task")).to_parquet(
         root / "meta/tasks.parquet")
@@ -144,13 +164,13 @@ def write_v30(root: Path, episodes: list[SourceEpisode], video: bool) -> None:
     for file_index, indices in enumerate(files):
         path = root / f"data/chunk-000/file-{file_index:03d}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(data_table(episodes, indices, video), path)
+        pq.write_table(data_table(episodes, indices, video, layout), path)
         for index in indices:
             steps = len(episodes[index].actions)
             row = {"episode_index": index, "tasks": [episodes[index].task], "length": steps,
                    "data/chunk_index": 0, "data/file_index": file_index,
                    "dataset_from_index": start, "dataset_to_index": start + steps}
-            for key in CAMERAS if video else ():
+            for key, _ in layout.cameras if video else ():
                 row |= {f"videos/{key}/chunk_index": 0, f"videos/{key}/file_index": 0,
                         f"videos/{key}/from_timestamp": start / FPS,
                         f"videos/{key}/to_timestamp": (start + steps) / FPS}
@@ -158,8 +178,9 @@ def write_v30(root: Path, episodes: list[SourceEpisode], video: bool) -> None:
             start += steps
     (root / "meta/episodes/chunk-000").mkdir(parents=True)
     pq.write_table(pa.Table.from_pylist(rows), root / "meta/episodes/chunk-000/file-000.parquet")
-    for key in CAMERAS if video else ():
-        write_video(root / f"videos/{key}/chunk-000/file-000.mp4", np.concatenate([e.frames[key] for e in episodes]))
+    for key, _ in layout.cameras if video else ():
+        write_video(root / f"videos/{key}/chunk-000/file-000.mp4", np.concatenate([e.frames[key] for e in episodes]),
+                    layout.codec)
 
 
 def read_rows(root: str, split: str) -> list[dict]:
@@ -170,10 +191,10 @@ def read_rows(root: str, split: str) -> list[dict]:
 
 
 def check_round_trip(out: str, episodes: list[SourceEpisode], splits: dict[str, list[int]], cameras: dict[str, str],
-                     video: bool) -> None:
+                     video: bool, space: ActionSpace) -> None:
     """Every episode landed in its split with its instruction, actions, state, step ids and frames."""
     meta = load_metadata(out)
-    assert meta.source == "lerobot" and meta.state_dim == 4
+    assert meta.source == "lerobot" and meta.state_dim == 4 and meta.action_space == space
     assert {c: (i.height, i.width) for c, i in meta.cameras.items()} == {c: CAMERAS[k] for c, k in cameras.items()}
     assert {name: s.episodes for name, s in meta.splits.items()} == {n: len(i) for n, i in splits.items() if i}
     for split, indices in splits.items():
@@ -200,10 +221,11 @@ def check_round_trip(out: str, episodes: list[SourceEpisode], splits: dict[str, 
 def test_video_dataset_round_trip(tmp_path, version):
     episodes = make_lerobot(tmp_path / "src", version, video=True)
     out = str(tmp_path / "out")
-    convert_lerobot(str(tmp_path / "src"), out, val_episodes=2)
+    convert_lerobot(str(tmp_path / "src"), out, val_episodes=2, grippers=["6:signed"])
     # default cameras: the first two camera features in info.json order, as static and wrist
     cameras = {"static": "observation.images.top", "wrist": "observation.images.wrist"}
-    check_round_trip(out, episodes, {"train": [0, 1, 2], "val": [3, 4]}, cameras, video=True)
+    check_round_trip(out, episodes, {"train": [0, 1, 2], "val": [3, 4]}, cameras, video=True,
+                     space=ActionSpace(7, binary_grippers=(6,)))
 
 
 @pytest.mark.timeout(60)
@@ -213,10 +235,22 @@ def test_image_dataset_round_trip_with_mapping_and_info_splits(tmp_path, version
                             splits={"train": "0:3", "test": "3:5"})
     out = str(tmp_path / "out")
     cameras = {"wrist": "observation.images.wrist"}
-    convert_lerobot(str(tmp_path / "src"), out, cameras=cameras, gripper="open_fraction", image_encoding="png")
+    convert_lerobot(str(tmp_path / "src"), out, cameras=cameras, grippers=["6:open_fraction"], image_encoding="png")
     for episode in episodes:  # open fraction >= 0.5 is open (+1), below is closed (-1)
         episode.actions[:, 6] = np.where(episode.actions[:, 6] >= 0.5, 1.0, -1.0)
-    check_round_trip(out, episodes, {"train": [0, 1, 2], "val": [3, 4]}, cameras, video=False)
+    check_round_trip(out, episodes, {"train": [0, 1, 2], "val": [3, 4]}, cameras, video=False,
+                     space=ActionSpace(7, binary_grippers=(6,)))
+
+
+@pytest.mark.timeout(60)
+def test_without_a_gripper_declaration_no_dimension_is_a_gripper(tmp_path):
+    episodes = make_lerobot(tmp_path / "src", "v3.0", video=False, gripper_fraction=True)
+    out = str(tmp_path / "out")
+    convert_lerobot(str(tmp_path / "src"), out, val_episodes=2)
+    cameras = {"static": "observation.images.top", "wrist": "observation.images.wrist"}
+    # dimension 6 holds open fractions in [0, 1]: kept as they are, regressed like the others
+    check_round_trip(out, episodes, {"train": [0, 1, 2], "val": [3, 4]}, cameras, video=False,
+                     space=ActionSpace(7, binary_grippers=()))
 
 
 @pytest.mark.timeout(10)
@@ -287,17 +321,24 @@ BAD_INPUT = {
                            r"episode_000004.mp4: video of episode 4, feature observation.images.top is missing"),
     "unknown camera": (lambda r: None, {"cameras": {"static": "observation.images.side"}},
                        r"meta/info.json: field features: camera 'static' names 'observation.images.side'"),
+    "action shape in info.json": (lambda r: edit_info(r, lambda i: i["features"]["action"].update(shape=[7, 1])), {},
+                                  r"meta/info.json: feature action: shape \[7, 1\], expected one dimension \[D\]"),
     "action dim in info.json": (lambda r: edit_info(r, lambda i: i["features"]["action"].update(shape=[6])), {},
-                                r"meta/info.json: feature action: shape \[6\], expected \[7\]"),
+                                r"episode_000000.parquet: episode 0, feature action: shape \[6, 7\], "
+                                r"expected \[steps, 6\]"),
     "action dim in the data": (narrower_actions, {},
                                r"episode_000002.parquet: episode 2, feature action: shape \[5, 6\]"),
     "video shorter than the episode": (shorter_video, {},
                                        r"observation.images.wrist/episode_000001.mp4: episode 1, feature "
                                        r"observation.images.wrist: 7 video frames .* but .*episode_000001.parquet "
                                        r"has 8 steps \(episode length mismatch\)"),
-    "gripper convention": (lambda r: None, {"gripper": "open_fraction"},
-                           r"episode_000000.parquet: episode 0, feature action\[6\] \(gripper\): value -1.0 does "
+    "gripper convention": (lambda r: None, {"grippers": ["6:open_fraction"]},
+                           r"episode_000000.parquet: episode 0, feature action: gripper dimension 6: value -1.0 does "
                            r"not fit the 'open_fraction' convention"),
+    "gripper out of range": (lambda r: None, {"grippers": ["7:signed"]},
+                             r"meta/info.json: feature action: gripper '7:signed': dimension 7 is out of range"),
+    "gripper twice": (lambda r: None, {"grippers": ["6:signed", "6:continuous"]},
+                      r"meta/info.json: feature action: gripper '6:continuous': dimension 6 is declared twice"),
 }
 
 
@@ -350,10 +391,11 @@ def test_prepare_data_lerobot_command(tmp_path, video_v21):
     main = prepare_data.main
     out = str(tmp_path / "out")
     assert main(["lerobot", str(video_v21), out, "--camera", "static=observation.images.wrist",
-                 "--val-episodes", "1", "--image-encoding", "jpeg", "--gripper", "signed"]) == 0
+                 "--val-episodes", "1", "--image-encoding", "jpeg", "--gripper", "6:signed"]) == 0
     meta = load_metadata(out)
     assert (meta.splits["train"].episodes, meta.splits["val"].episodes) == (4, 1)
     assert list(meta.cameras) == ["static"] and meta.cameras["static"].encoding == "jpeg"
+    assert meta.action_space.binary_grippers == (6,)
     assert main(["lerobot", str(video_v21), str(tmp_path / "bad"), "--camera", "static=nope"]) == 1
     assert not (tmp_path / "bad/metadata.json").exists()
 

@@ -40,17 +40,19 @@ def lerobot_overrides(root: Path) -> list[str]:
 def test_training_reads_a_lerobot_video_folder(ray_session, tiny_run, lerobot_v3, tmp_path, monkeypatch):
     import vla.data.lerobot_stream as lerobot_stream
 
-    computed = []  # action statistics of the train episodes (a read of their actions), on this driver
-    normalizer = lerobot_stream.lerobot_normalizer
-    monkeypatch.setattr(lerobot_stream, "lerobot_normalizer", lambda *a: computed.append(1) or normalizer(*a))
+    computed = []  # action and state statistics of the train episodes (a read of their columns), on this driver
+    normalization = lerobot_stream.lerobot_normalization
+    monkeypatch.setattr(lerobot_stream, "lerobot_normalization", lambda *a: computed.append(a[2]) or normalization(*a))
     log = tmp_path / "windows"
     cfg = load_config(None, [*tiny_run(tmp_path, "lerobot"), *lerobot_overrides(lerobot_v3), f"data.window_log={log}",
                              "train.max_steps=3", "train.val_every=3", "run.export=false"])
     train_steps = sum(steps for _, steps in EPISODES[:-1])  # the last episode is val
     assert count_windows(cfg.data, "train") == train_steps
     result = run_training(cfg)
-    assert len(computed) == 1  # the check's; the train and val streams reuse them (they were computed 3 times)
+    assert computed == [4]  # the check's, with the 4-value state; the train and val streams reuse them
     assert result.metrics["step"] == 3
+    saved = load_config(Path(result.run_dir) / "config.yaml")
+    assert (saved.model.action_dim, saved.model.binary_grippers, saved.model.state_dim) == (7, [], 4)
     assert math.isfinite(result.metrics["loss"]) and math.isfinite(result.metrics["val_loss"])
     seen = {tuple(w) for rank in range(2) for line in (log / f"train-rank{rank}.jsonl").read_text().splitlines()
             for w in json.loads(line)["windows"]}

@@ -48,11 +48,14 @@ def _make_batch(tokenizer, cfg: ModelConfig, batch: int = 3, frames: int | None 
     n = cfg.fwd_pred_next_n
     text = tokenizer([INSTRUCTIONS[i % len(INSTRUCTIONS)] for i in range(batch)], padding=True,
                      add_special_tokens=False, return_tensors="pt")
-    actions = torch.rand(batch, t, n, 7, generator=g) * 2 - 1
-    actions[..., 6] = torch.where(actions[..., 6] > 0, 1.0, -1.0)
+    actions = torch.rand(batch, t, n, cfg.action_dim, generator=g) * 2 - 1
+    grippers = cfg.binary_grippers
+    actions[..., grippers] = torch.where(actions[..., grippers] > 0, 1.0, -1.0)
     mask = torch.ones(batch, t, n)
     mask[0, -1, -1] = 0.0  # one step past an episode's end
+    state = {"state": torch.randn(batch, t, cfg.state_dim, generator=g)} if cfg.state_dim else {}
     return {
+        **state,
         "images": torch.randint(0, 256, (batch, t, cfg.num_views, 3, cfg.image_size, cfg.image_size),
                                 dtype=torch.uint8, generator=g),
         "input_ids": text["input_ids"],

@@ -12,6 +12,7 @@ from vla.model import ActionStepper, build_model, load_export, save_export
 from vla.model.backbones import BACKBONES
 from vla.model.backbones import tiny_config as tiny_hf_config
 from vla.model.export import read_normalization, read_run_config
+from vla.model.heads import join_actions
 
 
 def _episode(make_batch, cfg, frames: int):
@@ -19,20 +20,48 @@ def _episode(make_batch, cfg, frames: int):
     return make_batch(cfg, batch=2, frames=frames, seed=3)
 
 
+SPACES = {
+    "arm": {},
+    # ALOHA-like: 14 values, binary grippers at 6 and 13, the state read by the head
+    "bimanual-state": {"action_dim": 14, "binary_grippers": [6, 13], "state_dim": 14},
+    "state-token": {"state_dim": 5, "state_input": "token"},  # the state as one LM token before [LRN]
+    "pusht": {"action_dim": 2, "binary_grippers": []},  # no gripper at all
+}
+
+
+@pytest.mark.parametrize("space", SPACES.values(), ids=SPACES.keys())
 @pytest.mark.parametrize("head", ["lstm", "mlp"])
-def test_step_api_equals_batched_forward_also_when_sliding(make_model, make_batch, head):
-    model = make_model(head=head).eval()  # window_size 3
+def test_step_api_equals_batched_forward_also_when_sliding(make_model, make_batch, head, space):
+    model = make_model(head=head, **space).eval()  # window_size 3
     episode = _episode(make_batch, model.config, frames=6)
+    state = episode.get("state")
     stepper = ActionStepper(model)
     stepper.reset()
     for k in range(6):
-        action = stepper.step(episode["images"][:, k], episode["input_ids"], episode["attention_mask"])
+        chunk = stepper.step(episode["images"][:, k], episode["input_ids"], episode["attention_mask"],
+                             None if state is None else state[:, k])
         start = max(0, k - 2)  # the training window that ends at frame k
         with torch.no_grad():
-            out = model(episode["images"][:, start : k + 1], episode["input_ids"], episode["attention_mask"])
-        expected = torch.cat([out.pose[:, -1, 0], out.gripper_logits[:, -1, :1]], dim=-1)
-        assert action.shape == (2, 7)
-        torch.testing.assert_close(action, expected, atol=1e-5, rtol=1e-4)
+            out = model(episode["images"][:, start : k + 1], episode["input_ids"], episode["attention_mask"],
+                        None if state is None else state[:, start : k + 1])
+        expected = join_actions(out, model.config)[:, -1]
+        assert chunk.shape == (2, model.config.fwd_pred_next_n, model.config.action_dim)
+        torch.testing.assert_close(chunk, expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("state_input", ["head", "token"])
+def test_the_state_changes_the_action_and_is_required(make_model, make_batch, state_input):
+    model = make_model(state_dim=3, state_input=state_input).eval()
+    batch = make_batch(model.config)
+    args = (batch["images"], batch["input_ids"], batch["attention_mask"])
+    with torch.no_grad():
+        a, b = model(*args, batch["state"]), model(*args, batch["state"] + 1.0)
+    assert not torch.allclose(a.continuous, b.continuous)
+    with pytest.raises(ValueError, match="state: the model reads a state of 3 values"):
+        model(*args)
+    model.train()
+    model.loss(model(*args, batch["state"]), batch["actions"], batch["action_mask"])["loss"].backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
 
 
 def test_reset_forgets_the_history(make_model, make_batch):
@@ -63,7 +92,7 @@ def test_save_then_load_gives_identical_outputs(make_model, make_batch, tokenize
     with torch.no_grad():
         a = model(batch["images"], batch["input_ids"], batch["attention_mask"])
         b = loaded(batch["images"], batch["input_ids"], batch["attention_mask"])
-    assert torch.equal(a.pose, b.pose) and torch.equal(a.gripper_logits, b.gripper_logits)
+    assert torch.equal(a.continuous, b.continuous) and torch.equal(a.gripper_logits, b.gripper_logits)
     saved_tokenizer = AutoTokenizer.from_pretrained(tmp_path)
     assert saved_tokenizer("pick up the red block")["input_ids"] == tokenizer("pick up the red block")["input_ids"]
 
@@ -86,4 +115,4 @@ def test_from_pretrained_local_directory(tokenizer, tiny_config, make_batch, tmp
     batch = make_batch(model.config, batch=1)
     with torch.no_grad():
         out = model(batch["images"], batch["input_ids"], batch["attention_mask"])
-    assert torch.isfinite(out.pose).all()
+    assert torch.isfinite(out.continuous).all()

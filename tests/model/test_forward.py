@@ -11,11 +11,11 @@ def test_forward_backward_reaches_every_trainable_parameter(make_model, make_bat
     model = make_model(**family)
     batch = make_batch(model.config)
     out = model(batch["images"], batch["input_ids"], batch["attention_mask"])
-    assert out.pose.shape == (3, 3, 2, 6)
-    assert out.gripper_logits.shape == (3, 3, 2)
-    assert out.pose.abs().max() <= 1.0
+    assert out.continuous.shape == (3, 3, 2, 6)
+    assert out.gripper_logits.shape == (3, 3, 2, 1)
+    assert out.continuous.abs().max() <= 1.0
     # Not views: FSDP2 warns on a wrapped module returning one (an in-place change skips its hook).
-    assert not out.pose._is_view() and not out.gripper_logits._is_view()
+    assert not out.continuous._is_view() and not out.gripper_logits._is_view()
     metrics = model.loss(out, batch["actions"], batch["action_mask"])
     assert set(metrics) == {"loss", "loss_arm", "loss_gripper", "pose_error", "gripper_accuracy"}
     assert all(v.dim() == 0 and torch.isfinite(v) for v in metrics.values())
@@ -51,7 +51,7 @@ def test_head_choice_and_latent_tokens(make_model, make_batch):
     # The MLP head has no history: a frame's output does not depend on the frames before it.
     out_all = model.head(features)
     out_last = model.head(features[:, -1:])
-    torch.testing.assert_close(out_all.pose[:, -1:], out_last.pose)
+    torch.testing.assert_close(out_all.continuous[:, -1:], out_last.continuous)
 
 
 def test_images_of_another_size_are_resized(make_model, make_batch, tiny_config):
@@ -59,4 +59,4 @@ def test_images_of_another_size_are_resized(make_model, make_batch, tiny_config)
     cfg = tiny_config(image_size=48)
     batch = make_batch(cfg, batch=1)
     out = model(batch["images"], batch["input_ids"], batch["attention_mask"])
-    assert out.pose.shape == (1, 3, 2, 6)
+    assert out.continuous.shape == (1, 3, 2, 6)

@@ -68,7 +68,7 @@ def check_rank(rank: int, store: str, folders: dict[str, str]) -> None:
             size = model.image_size
             images = torch.randint(0, 256, (1, 2, 1, 3, size, size), dtype=torch.uint8)
             out = model(images, torch.tensor([[5, 6, 7, 0]]), torch.tensor([[1, 1, 1, 0]]))
-            out.pose.float().sum().backward()
+            out.continuous.float().sum().backward()
             before = model.action_token.full_tensor().clone()
             trainer.optimizer.step()
             assert not torch.equal(model.action_token.full_tensor(), before)

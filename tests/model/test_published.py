@@ -14,7 +14,7 @@ from transformers import AutoTokenizer
 
 from vla.config import load_config
 from vla.configuration import ConfigError
-from vla.data import ActionNormalizer, load_metadata
+from vla.data import Normalization, load_metadata
 from vla.data.pipeline import load_tokenizer
 from vla.data.transforms import Tokenize
 from vla.model import ModelConfig, build_model, run_image_size, save_export
@@ -186,8 +186,8 @@ def test_export_then_policy_acts_on_frames_of_another_size(published_folders, sy
                              "model.head_hidden_size=32", "model.head_num_layers=1", f"data.max_text_len={MAX_LEN}"])
     torch.manual_seed(0)
     model = build_model(cfg.model)
-    normalizer = ActionNormalizer.from_metadata(load_metadata(synthetic_root), cfg.data)
-    save_export(tmp_path, model, run_config=cfg.to_dict(), normalization=normalizer.to_dict())
+    normalization = Normalization.from_metadata(load_metadata(synthetic_root), cfg.data, use_state=False)
+    save_export(tmp_path, model, run_config=cfg.to_dict(), normalization=normalization.to_dict())
 
     policy = Policy.load(str(tmp_path))
     assert policy.preprocessor.image_size == run_image_size(cfg.model) == TOWER_SIZE[family]

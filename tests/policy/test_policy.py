@@ -11,6 +11,7 @@ from PIL import Image
 
 from vla.data import load_metadata
 from vla.data.transforms import DecodeImages, Tokenize
+from vla.model.heads import join_actions
 from vla.policy import Policy
 from vla.sim import SimConfig, SyntheticEnv
 
@@ -42,11 +43,13 @@ def training_inputs(policy: Policy, observations: list[dict]) -> dict[str, torch
 
 
 def batched_model_output(policy: Policy, inputs: dict[str, torch.Tensor], t: int) -> torch.Tensor:
-    """The model on the training window that ends at frame ``t`` (shorter at the episode start)."""
+    """The chunk ``[N, D]`` of the model on the training window that ends at frame ``t`` (shorter at
+    the episode start)."""
     start = max(0, t - policy.window_size + 1)
+    state = inputs["state"][start:t + 1][None] if "state" in inputs else None
     with torch.no_grad():
-        out = policy.model(inputs["images"][start:t + 1][None], inputs["input_ids"], inputs["attention_mask"])
-    return torch.cat([out.pose[0, -1, 0], out.gripper_logits[0, -1, :1]])
+        out = policy.model(inputs["images"][start:t + 1][None], inputs["input_ids"], inputs["attention_mask"], state)
+    return join_actions(out, policy.model.config)[0, -1]
 
 
 def test_preprocessing_is_the_training_pipelines(tiny_export):
@@ -81,20 +84,21 @@ def test_step_api_on_a_rollout_matches_the_batched_model(tiny_export):
     # act() is act_batch() of one environment; the environment count changes only after reset().
     policy.reset()
     assert policy.act(episodes[0][0]).shape == (7,)
+    assert policy.act_chunk_batch([episodes[0][1]]).shape == (1, policy.chunk_length, 7)
     with pytest.raises(ValueError, match="reset"):
         policy.act_batch([episodes[0][1], episodes[1][1]])
 
 
 def test_actions_are_unnormalized_to_the_datasets_scale(tiny_export, synthetic_root):
     policy = Policy.load(tiny_export)
-    assert policy.normalizer.mode == "quantile"
+    assert policy.normalization.action.mode == "quantile"
     stats = load_metadata(synthetic_root).splits["train"].action_stats
     low, high = np.asarray(stats.q01[:6]), np.asarray(stats.q99[:6])
     observations = expert_rollout(seed=5, steps=4)
     policy.reset()
     actions = np.stack([policy.act(obs) for obs in observations])
     policy.reset()
-    raw = torch.stack([policy.infer([obs])[0] for obs in observations]).numpy()
+    raw = torch.stack([policy.infer([obs])[0, 0] for obs in observations]).numpy()
 
     assert actions.shape == (4, 7) and actions.dtype == np.float32
     # The head's tanh output in [-1, 1] maps onto the training split's q01..q99 box (constant dims keep scale 1).
@@ -114,3 +118,20 @@ def test_bf16_policy_acts_close_to_fp32(tiny_export):
     assert next(half.model.head.parameters()).dtype == torch.float32
     for obs in observations:
         torch.testing.assert_close(half.infer([obs]), full.infer([obs]), rtol=0.0, atol=0.1)
+
+
+def test_a_policy_trained_with_state_reads_it_normalized_and_refuses_a_bad_one(state_export):
+    policy = Policy.load(state_export)
+    assert policy.state_dim == 4
+    observations = expert_rollout(seed=4, steps=4)
+    inputs = training_inputs(policy, observations)
+    states = np.stack([obs["state"] for obs in observations])
+    inputs["state"] = torch.from_numpy(policy.normalization.state.normalize(states))
+    policy.reset()
+    for t, obs in enumerate(observations):
+        torch.testing.assert_close(policy.infer([obs])[0], batched_model_output(policy, inputs, t), rtol=1e-4, atol=1e-5)
+    policy.reset()
+    with pytest.raises(ValueError, match="^state: missing; this policy reads the robot state, 4 floats$"):
+        policy.act({**observations[0], "state": None})
+    with pytest.raises(ValueError, match="^state: 3 values, expected 4$"):
+        policy.act({**observations[0], "state": [0.0, 0.0, 0.0]})

@@ -33,7 +33,7 @@ def test_head_and_root_outputs_are_pytrees_of_tensors(head):
         leaves, _ = tree_flatten(output)
         assert len(leaves) == 2 and all(isinstance(leaf, torch.Tensor) for leaf in leaves), leaves
         assert all(leaf.requires_grad for leaf in leaves)
-        assert (output.pose.shape[-1], output.gripper_logits.shape) == (6, output.pose.shape[:-1])
+        assert (output.continuous.shape[-1], output.gripper_logits.shape) == (6, (*output.continuous.shape[:-1], 1))
 
 
 def test_model_and_parallelize_import_without_ray_or_the_data_package():

@@ -6,23 +6,24 @@ from vla.data.episodes import Episode, Problem
 from vla.data.metadata import ActionStats, DataError, DatasetMetadata, load_metadata
 from vla.data.pipeline import WindowStream, build_window_stream, check_dataset
 from vla.data.plan import count_windows
-from vla.data.stats import ActionNormalizer, compute_action_stats
+from vla.data.stats import Normalization, Normalizer, compute_stats
 from vla.data.validate import validate_dataset
 from vla.data.writer import EpisodeWriter, merge_datasets, write_dataset
 
 __all__ = [
-    "ActionNormalizer",
     "ActionStats",
     "DataConfig",
     "DataError",
     "DatasetMetadata",
     "Episode",
     "EpisodeWriter",
+    "Normalization",
+    "Normalizer",
     "Problem",
     "WindowStream",
     "build_window_stream",
     "check_dataset",
-    "compute_action_stats",
+    "compute_stats",
     "count_windows",
     "load_metadata",
     "merge_datasets",

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vla.configuration import check
+from vla.data.grippers import GripperError, parse_gripper
 
 
 @dataclass
@@ -13,16 +14,23 @@ class DataConfig:
     path: str = ""  # dataset root (local path, s3:// or gs://) holding metadata.json + shards
     format: Literal["parquet", "lerobot"] = "parquet"  # lerobot: path is a local LeRobot v2.x/v3.0 folder, streamed as is
     lerobot_cameras: dict[str, str] = field(default_factory=dict)  # camera -> LeRobot feature (default: info.json order)
-    lerobot_action: str = "action"  # LeRobot feature holding the 7-value action
-    lerobot_gripper: str = "signed"  # the LeRobot gripper convention (vla.data.converters.lerobot.GRIPPER_CONVENTIONS)
+    lerobot_action: str = "action"  # LeRobot feature holding the action (any length)
+    lerobot_state: str = "observation.state"  # LeRobot feature holding the state (used when present)
+    # "INDEX:CONVENTION" per action dimension that is a gripper, e.g. ["5:open_fraction"]: a binary
+    # convention (vla.data.converters.lerobot.GRIPPER_CONVENTIONS) maps it to -1/+1, "continuous"
+    # only names it; without an entry no dimension is a gripper
+    lerobot_grippers: list[str] = field(default_factory=list)
     lerobot_val_fraction: float = 0.1  # LeRobot episodes held out as val (last ones; info.json val/test splits win)
     train_split: str = "train"
     val_split: str = "val"
     cameras: list[str] = field(default_factory=lambda: ["static", "wrist"])
     max_text_len: int = 16  # instruction tokens, right-padded / truncated
     stride: int = 1  # distance between window start indices
-    normalization: Literal["clip", "quantile", "mean_std", "none"] = "clip"
-    clip_bound: float = 1.0  # "clip": clip pose to +-bound and scale to [-1, 1] (CALVIN: 0.65)
+    # Actions (every dimension but binary grippers): "quantile" maps q01/q99 to -1/+1 (any robot's
+    # units); "clip" clips to +-clip_bound and scales (for deltas already near [-1, 1]: CALVIN 0.65)
+    normalization: Literal["clip", "quantile", "mean_std", "none"] = "quantile"
+    clip_bound: float = 1.0
+    state_normalization: Literal["clip", "quantile", "mean_std", "none"] = "mean_std"  # the robot state
     shift_static: int = 0  # random-shift augmentation in pixels (replicate pad + crop back)
     shift_wrist: int = 0
     color_jitter: float = 0.0  # brightness/contrast jitter amplitude, 0 disables
@@ -35,16 +43,17 @@ class DataConfig:
     window_log: str = ""  # debug: local folder where each rank appends the (episode_id, start) of every batch
 
     def validate(self) -> None:
-        from vla.data.converters.lerobot import GRIPPER_CONVENTIONS
-
         check(bool(self.cameras), "cameras", "must name at least one camera")
         if self.format == "lerobot":
             check(bool(self.path) and "://" not in self.path, "path",
                   f"format lerobot reads a local (or mounted) LeRobot folder, got {self.path!r}")
             check(not self.lerobot_cameras or list(self.lerobot_cameras) == list(self.cameras), "lerobot_cameras",
                   f"must map exactly data.cameras {self.cameras}, in order")
-        check(self.lerobot_gripper in GRIPPER_CONVENTIONS, "lerobot_gripper",
-              f"must be one of {list(GRIPPER_CONVENTIONS)}")
+        for entry in self.lerobot_grippers:
+            try:
+                parse_gripper(entry)
+            except GripperError as err:
+                check(False, "lerobot_grippers", str(err))
         check(0 <= self.lerobot_val_fraction <= 1, "lerobot_val_fraction", "must be in [0, 1]")
         check(self.max_text_len >= 1, "max_text_len", "must be >= 1")
         check(self.stride >= 1, "stride", "must be >= 1")

@@ -2,7 +2,9 @@
 stored episode must pass (shared by the writer, the training pipeline and ``validate``).
 
 The one set of data checks (``row_problems`` and ``frame_problems``): at least one step, an
-action of 7 finite values per step with the gripper in {-1, +1}, a non-empty instruction (an
+action of ``action_dim`` finite values per step with every binary gripper in {-1, +1}
+(``vla.action_space``), a state of ``state_dim`` finite values per step where the dataset has
+states, a non-empty instruction (an
 episode without one cannot teach a language-conditioned policy, so it is refused, not
 guessed), one frame per step and camera, every frame RGB (3 channels: grayscale and RGBA are
 refused, not converted) and of the camera's size in ``metadata.json``. The writer also refuses
@@ -18,7 +20,8 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from vla.data.metadata import ACTION_DIM, GRIPPER_DIM, image_column
+from vla.action_space import ActionSpace
+from vla.data.metadata import image_column
 
 
 @dataclass
@@ -26,7 +29,7 @@ class Episode:
     """One demonstration of ``S`` steps, as a converter hands it to ``EpisodeWriter.write``."""
 
     instruction: str
-    actions: np.ndarray  # [S, 7] float; dims 0-5 pose, dim 6 gripper in {-1, +1}
+    actions: np.ndarray  # [S, D] float; binary grippers in {-1, +1} (the writer's ``action_space``)
     images: dict[str, np.ndarray]  # camera -> [S, H, W, 3] uint8
     state: np.ndarray | None = None  # [S, D] proprio state
     step_ids: np.ndarray | None = None  # [S] source step / frame ids (default 0..S-1)
@@ -100,9 +103,11 @@ def check_schema(schema: pa.Schema, cameras: list[str], file: str) -> list[Probl
 FrameSizes = dict[str, tuple[int, int]]  # camera -> (height, width)
 
 
-def row_problems(row: dict, cameras: list[str], file: str, frame_sizes: FrameSizes | None = None) -> list[Problem]:
-    """Problems of one stored episode row (lengths, action values, instruction and, with
-    ``frame_sizes``, every frame's size and channels read from its header, not decoded)."""
+def row_problems(row: dict, cameras: list[str], file: str, frame_sizes: FrameSizes | None = None, *,
+                 space: ActionSpace = ActionSpace(), state_dim: int | None = None) -> list[Problem]:
+    """Problems of one stored episode row (lengths, action values against ``space``, the state
+    against ``state_dim`` when the dataset has states, instruction and, with ``frame_sizes``,
+    every frame's size and channels read from its header, not decoded)."""
     episode, steps = row["episode_id"], row["num_steps"]
     problems = []
 
@@ -118,14 +123,18 @@ def row_problems(row: dict, cameras: list[str], file: str, frame_sizes: FrameSiz
     if len(actions) != steps:
         bad("actions", f"{len(actions)} actions for {steps} steps")
     for i, action in enumerate(actions):
-        if action is None or len(action) != ACTION_DIM:
-            bad(f"actions[{i}]", f"action has length {0 if action is None else len(action)}, expected {ACTION_DIM}")
+        if action is None or len(action) != space.dim:
+            bad(f"actions[{i}]", f"action has length {0 if action is None else len(action)}, expected {space.dim}")
             continue
         values = np.asarray(action, np.float64)
         if not np.isfinite(values).all():
             bad(f"actions[{i}]", f"action is not finite: {values.tolist()}")
-        elif values[GRIPPER_DIM] not in (-1.0, 1.0):
-            bad(f"actions[{i}]", f"gripper must be -1 (close) or +1 (open), got {values[GRIPPER_DIM]}")
+            continue
+        for dim in space.binary_grippers:
+            if values[dim] not in (-1.0, 1.0):
+                bad(f"actions[{i}][{dim}]", f"binary gripper must be -1 (close) or +1 (open), got {values[dim]}")
+    if state_dim:
+        _check_states(row.get("state"), steps, state_dim, bad)
     for camera in cameras:
         frames = row.get(image_column(camera)) or []
         if len(frames) != steps:
@@ -133,6 +142,21 @@ def row_problems(row: dict, cameras: list[str], file: str, frame_sizes: FrameSiz
     if frame_sizes is not None:
         problems += frame_problems(row, frame_sizes, file)
     return problems
+
+
+def _check_states(states, steps: int, state_dim: int, bad) -> None:
+    """A dataset with states has one of ``state_dim`` finite values at every step of every episode
+    (each problem reported through ``bad(field, message)``)."""
+    if states is None:
+        bad("state", f"is missing: the dataset's episodes have states of {state_dim} values")
+        return
+    if len(states) != steps:
+        bad("state", f"{len(states)} states for {steps} steps")
+    for i, state in enumerate(states):
+        if state is None or len(state) != state_dim:
+            bad(f"state[{i}]", f"state has length {0 if state is None else len(state)}, expected {state_dim}")
+        elif not np.isfinite(np.asarray(state, np.float64)).all():
+            bad(f"state[{i}]", f"state is not finite: {list(state)}")
 
 
 def frame_problems(row: dict, frame_sizes: FrameSizes, file: str, *, decode: bool = False) -> list[Problem]:
@@ -169,5 +193,10 @@ def camera_frame_sizes(cameras: dict, names: list[str]) -> FrameSizes:
 
 
 def row_actions(row: dict) -> np.ndarray:
-    """The ``[S, 7]`` float32 actions of a row that passed ``row_problems``."""
-    return np.asarray(row["actions"], np.float32).reshape(-1, ACTION_DIM)
+    """The ``[S, D]`` float32 actions of a row that passed ``row_problems``."""
+    return np.asarray(row["actions"], np.float32).reshape(row["num_steps"], -1)
+
+
+def row_state(row: dict) -> np.ndarray:
+    """The ``[S, state_dim]`` float32 states of a row that passed ``row_problems`` with its ``state_dim``."""
+    return np.asarray(row["state"], np.float32).reshape(row["num_steps"], -1)

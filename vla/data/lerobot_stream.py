@@ -10,10 +10,10 @@ them and normalizes the actions; the plan, the windows and the batches are those
                                   tokenizer_dir=tok, train=True)
     for batch in stream.batches(epoch=0, rank=rank, world_size=world_size): ...
 
-The feature mapping (``data.lerobot_cameras``, ``data.lerobot_action``), gripper conventions
-(``data.lerobot_gripper``) and split rule (``data.lerobot_val_fraction``) are the converter's
-(docs/data.md). Action statistics (for ``quantile`` / ``mean_std``) come from a pass over the
-train episodes' action column (no frames decoded).
+The feature mapping (``data.lerobot_cameras``, ``data.lerobot_action``, ``data.lerobot_state``),
+gripper declarations (``data.lerobot_grippers``) and split rule (``data.lerobot_val_fraction``) are
+the converter's (docs/data.md). Action and state statistics (for ``quantile`` / ``mean_std``) come
+from a pass over the train episodes' action and state columns (no frames decoded).
 """
 
 from __future__ import annotations
@@ -40,11 +40,12 @@ from vla.data.converters.lerobot import (
     read_episode,
     read_tasks,
 )
-from vla.data.metadata import GRIPPER_DIM, DataError
-from vla.data.pipeline import WindowStream, frame_margin, load_tokenizer, window_batcher
+from vla.data.grippers import map_grippers
+from vla.data.metadata import DataError
+from vla.data.pipeline import DataSpec, WindowStream, frame_margin, load_tokenizer, state_dim_used, window_batcher
 from vla.data.plan import EpisodeIndex
-from vla.data.stats import ActionNormalizer, action_stats
-from vla.data.transforms import Tokenize, episode_frames, put_frame, replicate_margin
+from vla.data.stats import Normalization, action_stats
+from vla.data.transforms import Normalize, Tokenize, episode_frames, put_frame, replicate_margin
 
 
 @dataclass
@@ -54,7 +55,7 @@ class LeRobotEpisodes:
     source: LeRobotSource
     cameras: list[str]  # our camera names, in batch order
     image_size: int
-    normalizer: ActionNormalizer
+    normalization: Normalization  # with a state normalizer: the episode carries its state
     margin: int = 0  # replicated edge pixels around each frame (``frame_margin``)
 
     def __call__(self, ref: EpisodeRef) -> dict:
@@ -64,22 +65,23 @@ class LeRobotEpisodes:
             for step, frame in enumerate(episode.images[camera]):
                 put_frame(images, step, view, Image.fromarray(frame), self.margin)
         replicate_margin(images, self.margin)
-        return {"images": images,
-                "actions": self.normalizer.normalize(episode.actions.astype(np.float32)).astype(np.float32),
-                "instruction": episode.instruction}
+        decoded = {"images": images, "actions": episode.actions.astype(np.float32), "instruction": episode.instruction}
+        if self.normalization.state is not None:
+            decoded["state"] = episode.state
+        return Normalize(self.normalization)(decoded)
 
 
-def train_action_chunks(source: LeRobotSource, refs: list[EpisodeRef]):
-    """The action rows of ``refs``, one chunk per data file (only the action column is read)."""
+def train_chunks(source: LeRobotSource, refs: list[EpisodeRef], key: str):
+    """The rows of feature ``key`` (the action, gripper dimensions mapped to -1/+1, or the state) of
+    ``refs``, one chunk per data file (only that column is read)."""
     by_file: dict[Path, set[int]] = {}
     for ref in refs:
         by_file.setdefault(ref.data_file, set()).add(ref.index)
     for file, indices in by_file.items():
-        table = _read_parquet(file, ["episode_index", source.features.action])
+        table = _read_parquet(file, ["episode_index", key])
         keep = np.isin(table.column("episode_index").to_numpy(), list(indices))
-        actions = np.asarray(table.column(source.features.action).to_pylist(), np.float32)[keep]
-        actions[:, GRIPPER_DIM] = np.where(actions[:, GRIPPER_DIM] > 0, 1.0, -1.0)  # never normalized
-        yield actions
+        values = np.asarray(table.column(key).to_pylist(), np.float32)[keep]
+        yield map_grippers(values, source.features.grippers) if key == source.features.action else values
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,8 @@ def open_lerobot(data_cfg: DataConfig) -> LeRobotFolder:
     root = Path(data_cfg.path)
     info, version = load_info(root)
     features = map_features(info, root / INFO_FILE, cameras=data_cfg.lerobot_cameras or None,
-                            action_key=data_cfg.lerobot_action, state_key=None, gripper=data_cfg.lerobot_gripper)
+                            action_key=data_cfg.lerobot_action, state_key=data_cfg.lerobot_state,
+                            grippers=data_cfg.lerobot_grippers)
     if list(features.cameras) != list(data_cfg.cameras):
         raise DataError(f"{root / INFO_FILE}: cameras {list(features.cameras)} do not match data.cameras "
                         f"{data_cfg.cameras} (map them with data.lerobot_cameras)")
@@ -124,34 +127,42 @@ def open_lerobot(data_cfg: DataConfig) -> LeRobotFolder:
                                         for split in ("train", "val")})
 
 
-def lerobot_normalizer(folder: LeRobotFolder, data_cfg: DataConfig) -> ActionNormalizer:
+def lerobot_normalization(folder: LeRobotFolder, data_cfg: DataConfig, state_dim: int) -> Normalization:
+    """The train episodes' normalization of the actions (and of the state when ``state_dim``)."""
     refs = folder.splits.get(data_cfg.train_split, [])
-    stats = action_stats(lambda: train_action_chunks(folder.source, refs)) if refs else None
-    return ActionNormalizer.from_stats(stats, data_cfg.normalization, data_cfg.clip_bound)
+    features = folder.source.features
+
+    def stats(key: str):
+        return action_stats(lambda: train_chunks(folder.source, refs, key)) if refs else None
+
+    return Normalization.from_stats(stats(features.action), stats(features.state) if state_dim else None,
+                                    features.action_space, state_dim, data_cfg)
 
 
-def check_lerobot(data_cfg: DataConfig, splits: list[str]) -> ActionNormalizer:
+def check_lerobot(data_cfg: DataConfig, splits: list[str], use_state: bool | None) -> DataSpec:
     """What a run checks on the driver (``check_dataset``): the folder, each split has episodes;
-    returns the action normalizer of the train split."""
+    returns the ``DataSpec`` of the train split."""
     folder = open_lerobot(data_cfg)
     for split in splits:
         folder.refs(split)
-    return lerobot_normalizer(folder, data_cfg)
+    features = folder.source.features
+    state_dim = state_dim_used(features.state_dim, use_state, str(folder.root / INFO_FILE))
+    return DataSpec(features.action_space, state_dim, lerobot_normalization(folder, data_cfg, state_dim))
 
 
 def build_lerobot_stream(data_cfg: DataConfig, split: str, *, window_size: int, fwd_pred_next_n: int,
                          image_size: int, tokenizer_dir: str, train: bool,
-                         normalizer: ActionNormalizer | None = None) -> WindowStream:
+                         normalization: Normalization | None = None) -> WindowStream:
     """The windows of ``split`` ("train" or "val", the converter's rule) of the LeRobot folder at
-    ``data.path``, normalized by ``normalizer`` (computed from the train episodes when None).
-    Metadata problems raise ``DataError`` here."""
+    ``data.path``, normalized by ``normalization`` (the actions' alone, computed from the train
+    episodes, when None). Metadata problems raise ``DataError`` here."""
     folder = open_lerobot(data_cfg)
     return WindowStream(
         data_cfg=data_cfg,
         split=split,
         index=folder.index(split),
         reader=LeRobotEpisodes(folder.source, list(data_cfg.cameras), image_size,
-                               normalizer or lerobot_normalizer(folder, data_cfg),
+                               normalization or lerobot_normalization(folder, data_cfg, state_dim=0),
                                frame_margin(data_cfg, train)),
         tokenize=Tokenize(load_tokenizer(tokenizer_dir), data_cfg.max_text_len),
         batcher=window_batcher(data_cfg, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n, train=train),

@@ -12,8 +12,8 @@ Columns of every shard (one row = one episode of ``num_steps`` steps):
     instruction  string                 the language instruction
     num_steps    int32                  S, the length of every list below
     step_ids     list<int64>            the step index (source frame id) of each step
-    actions      list<list<float32>>    S actions of ``action_dim`` values
-    state        list<list<float32>>    S proprio states, or null when the source has none
+    actions      list<list<float32>>    S actions of ``action_dim`` values (``vla.action_space``)
+    state        list<list<float32>>    S proprio states of ``state_dim`` values, or null when the source has none
     image_<cam>  list<binary>           S encoded frames (PNG or JPEG) per camera
 """
 
@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass, field
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from vla.action_space import ActionSpace
+
 SCHEMA_VERSION = 1
-ACTION_DIM = 7
-GRIPPER_DIM = 6
 METADATA_FILE = "metadata.json"
 
 
@@ -73,7 +73,7 @@ class CameraInfo:
 
 @dataclass
 class ActionStats:
-    """Per-dimension statistics of a split's actions (lists of ``action_dim`` floats)."""
+    """Per-dimension statistics of a split's actions (lists of ``action_dim`` floats) or states."""
 
     count: int
     min: list[float]
@@ -97,36 +97,49 @@ class SplitInfo:
     steps: int = 0
     shards: list[ShardInfo] = field(default_factory=list)
     action_stats: ActionStats | None = None
+    state_stats: ActionStats | None = None
 
 
 @dataclass
 class DatasetMetadata:
+    """``metadata.json``. The action space is written as ``action_dim``, ``action_names`` and
+    ``grippers``; a file written before action spaces existed (no ``grippers``) reads as the 7-DOF arm."""
+
     cameras: dict[str, CameraInfo]
     splits: dict[str, SplitInfo]
-    action_dim: int = ACTION_DIM
+    action_space: ActionSpace = field(default_factory=ActionSpace)
     state_dim: int | None = None
+    state_names: list[str] | None = None
     source: str = "custom"
     schema_version: int = SCHEMA_VERSION
 
+    @property
+    def action_dim(self) -> int:
+        return self.action_space.dim
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
+        data = asdict(self)
+        del data["action_space"]
+        return json.dumps({**self.action_space.to_dict(), **data}, indent=2)
 
     @classmethod
     def from_dict(cls, data: dict) -> DatasetMetadata:
         splits = {}
         for name, s in data["splits"].items():
-            stats = s.get("action_stats")
+            stats, state_stats = s.get("action_stats"), s.get("state_stats")
             splits[name] = SplitInfo(
                 episodes=int(s["episodes"]),
                 steps=int(s["steps"]),
                 shards=[ShardInfo(**shard) for shard in s["shards"]],
                 action_stats=ActionStats(**stats) if stats else None,
+                state_stats=ActionStats(**state_stats) if state_stats else None,
             )
         return cls(
             cameras={name: CameraInfo(**c) for name, c in data["cameras"].items()},
             splits=splits,
-            action_dim=int(data["action_dim"]),
+            action_space=ActionSpace.from_dict(data),
             state_dim=data.get("state_dim"),
+            state_names=data.get("state_names"),
             source=data.get("source", "custom"),
             schema_version=int(data["schema_version"]),
         )

@@ -1,6 +1,6 @@
-"""Action statistics in a streaming pass, and the normalizer that uses them.
+"""Action and state statistics in a streaming pass, and the normalizers that use them.
 
-``compute_action_stats`` reads only the ``actions`` column, one row group at a time, twice:
+``compute_stats`` reads only one column (``actions`` or ``state``), one row group at a time, twice:
 pass 1 merges count / min / max / mean / M2 per dimension (Chan et al.), pass 2 fills a
 fixed-size histogram per dimension between the global min and max, from which q01 and q99
 are interpolated. Memory is bounded by one row group plus ``dims x bins`` counters; the
@@ -16,23 +16,25 @@ import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from vla.action_space import ActionSpace
 from vla.data.config import DataConfig
-from vla.data.metadata import ACTION_DIM, GRIPPER_DIM, ActionStats, DataError, DatasetMetadata
+from vla.data.metadata import ActionStats, DataError, DatasetMetadata
 
 HISTOGRAM_BINS = 4096
 
 
-def iter_action_chunks(fs: pafs.FileSystem, files: list[str]) -> Iterator[np.ndarray]:
-    """``[n, 7]`` float64 blocks of every action in ``files``, one row group at a time."""
+def iter_value_chunks(fs: pafs.FileSystem, files: list[str], column: str, dim: int) -> Iterator[np.ndarray]:
+    """``[n, dim]`` float64 blocks of every step's ``column`` (``actions`` or ``state``) in ``files``,
+    one row group at a time."""
     for file in files:
         with fs.open_input_file(file) as f:
-            for batch in pq.ParquetFile(f).iter_batches(columns=["actions"]):
+            for batch in pq.ParquetFile(f).iter_batches(columns=[column]):
                 steps = batch.column(0).flatten()
                 values = steps.flatten().to_numpy(zero_copy_only=False)
-                if len(values) != len(steps) * ACTION_DIM:
-                    raise DataError(f"{file}: field actions: some actions do not have {ACTION_DIM} values "
+                if len(values) != len(steps) * dim:
+                    raise DataError(f"{file}: field {column}: some steps do not have {dim} values "
                                     "(run `prepare_data.py validate` for the episodes)")
-                yield values.reshape(-1, ACTION_DIM).astype(np.float64)
+                yield values.reshape(-1, dim).astype(np.float64)
 
 
 def action_stats(chunks: Callable[[], Iterable[np.ndarray]], bins: int = HISTOGRAM_BINS) -> ActionStats:
@@ -83,61 +85,66 @@ def action_stats(chunks: Callable[[], Iterable[np.ndarray]], bins: int = HISTOGR
     )
 
 
-def compute_action_stats(fs: pafs.FileSystem, files: list[str]) -> ActionStats:
-    """The streaming two-pass statistics of the actions stored in ``files``."""
-    return action_stats(lambda: iter_action_chunks(fs, files))
+def compute_stats(fs: pafs.FileSystem, files: list[str], column: str, dim: int) -> ActionStats:
+    """The streaming two-pass statistics of ``column`` (``dim`` values per step) stored in ``files``."""
+    return action_stats(lambda: iter_value_chunks(fs, files, column, dim))
 
 
 @dataclass
-class ActionNormalizer:
-    """``normalized = (pose - offset) / scale`` on dims 0-5 (then clipped to [-1, 1] when
-    ``clip``); the gripper (dim 6) passes through untouched in both directions.
+class Normalizer:
+    """``normalized = (value - offset) / scale`` on the dimensions ``dims`` (then clipped to
+    [-1, 1] when ``clip``); every other dimension (a binary gripper) passes through untouched.
 
     Modes: ``clip`` (clip to +-bound, scale to [-1, 1]; RoboVLMs uses 0.65 on CALVIN),
     ``quantile`` (q01/q99 of the training split map to -1/+1, then clip; OpenVLA),
-    ``mean_std`` (zero mean, unit std), ``none``.
+    ``mean_std`` (zero mean, unit std), ``none``. ``dims`` None (exports written before action
+    spaces) means the first ``len(offset)`` dimensions: the 7-DOF arm's pose.
     """
 
     mode: str
     offset: list[float]
     scale: list[float]
     clip: bool
+    dims: list[int] | None = None
 
     @classmethod
-    def from_stats(cls, stats: ActionStats | None, mode: str, clip_bound: float = 1.0) -> ActionNormalizer:
-        pose = slice(0, GRIPPER_DIM)
+    def from_stats(cls, stats: ActionStats | None, mode: str, dims: list[int] | tuple[int, ...],
+                   clip_bound: float = 1.0, what: str = "action") -> Normalizer:
+        """The normalizer of ``mode`` over ``dims`` (``what`` names the values in errors)."""
+        dims, n = list(dims), len(dims)
         if mode == "none":
-            return cls(mode, [0.0] * GRIPPER_DIM, [1.0] * GRIPPER_DIM, clip=False)
+            return cls(mode, [0.0] * n, [1.0] * n, clip=False, dims=dims)
         if mode == "clip":
-            return cls(mode, [0.0] * GRIPPER_DIM, [clip_bound] * GRIPPER_DIM, clip=True)
+            return cls(mode, [0.0] * n, [clip_bound] * n, clip=True, dims=dims)
         if stats is None:
-            raise DataError(f"normalization {mode!r} needs action statistics, and the dataset has none")
+            raise DataError(f"normalization {mode!r} needs {what} statistics, and the dataset has none")
         if mode == "quantile":
-            lo, hi = np.asarray(stats.q01[pose]), np.asarray(stats.q99[pose])
-            return cls(mode, ((hi + lo) / 2).tolist(), _safe_scale((hi - lo) / 2), clip=True)
+            lo, hi = np.asarray(stats.q01)[dims], np.asarray(stats.q99)[dims]
+            return cls(mode, ((hi + lo) / 2).tolist(), _safe_scale((hi - lo) / 2), clip=True, dims=dims)
         if mode == "mean_std":
-            return cls(mode, list(stats.mean[pose]), _safe_scale(np.asarray(stats.std[pose])), clip=False)
+            return cls(mode, np.asarray(stats.mean)[dims].tolist(), _safe_scale(np.asarray(stats.std)[dims]),
+                       clip=False, dims=dims)
         raise DataError(f"unknown normalization mode {mode!r} (clip, quantile, mean_std, none)")
 
-    @classmethod
-    def from_metadata(cls, meta: DatasetMetadata, cfg: DataConfig) -> ActionNormalizer:
-        """The normalizer of ``cfg.normalization`` from the statistics of ``cfg.train_split``."""
-        split = meta.splits.get(cfg.train_split)
-        return cls.from_stats(split.action_stats if split else None, cfg.normalization, cfg.clip_bound)
+    @property
+    def normalized_dims(self) -> list[int]:
+        return self.dims if self.dims is not None else list(range(len(self.offset)))
 
-    def normalize(self, actions):
-        """``[..., 7]`` numpy array or torch tensor -> normalized copy of the same kind."""
-        offset, scale = self._params(actions)
-        out = actions.copy() if isinstance(actions, np.ndarray) else actions.clone()
-        pose = (actions[..., :GRIPPER_DIM] - offset) / scale
-        out[..., :GRIPPER_DIM] = pose.clip(-1.0, 1.0) if self.clip else pose
+    def normalize(self, values):
+        """``[..., D]`` numpy array or torch tensor -> normalized copy of the same kind."""
+        offset, scale = self._params(values)
+        dims = self.normalized_dims
+        out = values.copy() if isinstance(values, np.ndarray) else values.clone()
+        normalized = (values[..., dims] - offset) / scale
+        out[..., dims] = normalized.clip(-1.0, 1.0) if self.clip else normalized
         return out
 
-    def unnormalize(self, actions):
+    def unnormalize(self, values):
         """Inverse of ``normalize`` (up to the clipping)."""
-        offset, scale = self._params(actions)
-        out = actions.copy() if isinstance(actions, np.ndarray) else actions.clone()
-        out[..., :GRIPPER_DIM] = actions[..., :GRIPPER_DIM] * scale + offset
+        offset, scale = self._params(values)
+        dims = self.normalized_dims
+        out = values.copy() if isinstance(values, np.ndarray) else values.clone()
+        out[..., dims] = values[..., dims] * scale + offset
         return out
 
     def _params(self, actions):
@@ -153,9 +160,47 @@ class ActionNormalizer:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> ActionNormalizer:
-        return cls(str(data["mode"]), [float(v) for v in data["offset"]],
-                   [float(v) for v in data["scale"]], bool(data["clip"]))
+    def from_dict(cls, data: dict) -> Normalizer:
+        dims = data.get("dims")
+        return cls(str(data["mode"]), [float(v) for v in data["offset"]], [float(v) for v in data["scale"]],
+                   bool(data["clip"]), [int(d) for d in dims] if dims is not None else None)
+
+
+@dataclass
+class Normalization:
+    """How a run's data was normalized: the actions (continuous dimensions) and, when the model
+    reads it, the state. Saved as ``normalization.json`` beside every run and export."""
+
+    action: Normalizer
+    state: Normalizer | None = None
+
+    @classmethod
+    def from_metadata(cls, meta: DatasetMetadata, cfg: DataConfig, use_state: bool) -> Normalization:
+        """``cfg.normalization`` of the actions (``cfg.state_normalization`` of the states when
+        ``use_state``) from the statistics of ``cfg.train_split``."""
+        split = meta.splits.get(cfg.train_split)
+        return cls.from_stats(split.action_stats if split else None, split.state_stats if split else None,
+                              meta.action_space, meta.state_dim if use_state else None, cfg)
+
+    @classmethod
+    def from_stats(cls, action_stats: ActionStats | None, state_stats: ActionStats | None, space: ActionSpace,
+                   state_dim: int | None, cfg: DataConfig) -> Normalization:
+        action = Normalizer.from_stats(action_stats, cfg.normalization, space.continuous, cfg.clip_bound)
+        if not state_dim:
+            return cls(action)
+        state = Normalizer.from_stats(state_stats, cfg.state_normalization, range(state_dim), what="state")
+        return cls(action, state)
+
+    def to_dict(self) -> dict:
+        return {"action": self.action.to_dict(), "state": self.state.to_dict() if self.state else None}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Normalization:
+        """Read ``to_dict``; a file written before states (the action normalizer alone) too."""
+        if "action" not in data:
+            return cls(Normalizer.from_dict(data))
+        return cls(Normalizer.from_dict(data["action"]),
+                   Normalizer.from_dict(data["state"]) if data.get("state") else None)
 
 
 def _safe_scale(scale: np.ndarray) -> list[float]:

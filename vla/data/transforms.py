@@ -4,6 +4,8 @@ Episode-level transforms (``EpisodeChain``) run once per episode in a Ray task: 
 frame once, tokenize the instruction once, normalize the actions once. Windows are cut at batch
 time by ``WindowBatcher``: an index view into the decoded episode, copied once into the batch,
 then augmented (``RandomShift`` during the copy, ``ColorJitter``) with a generator seeded by the window.
+Where the model reads the robot state, episodes carry ``state [S, state_dim]`` (normalized) and
+batches ``state [B, T, state_dim]``: the state of each frame.
 """
 
 from __future__ import annotations
@@ -15,26 +17,34 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from vla.data.episodes import FrameSizes, Problem, image_problems, row_actions, row_problems
+from vla.action_space import ActionSpace
+from vla.data.episodes import FrameSizes, Problem, image_problems, row_actions, row_problems, row_state
 from vla.data.metadata import DataError, image_column
-from vla.data.stats import ActionNormalizer
+from vla.data.stats import Normalization
 
-BATCH_KEYS = ("images", "input_ids", "attention_mask", "actions", "action_mask")
-EPISODE_KEYS = ("images", "actions", "instruction", "input_ids", "attention_mask")
+EPISODE_KEYS = ("images", "actions", "state", "instruction", "input_ids", "attention_mask")
 
 
 @dataclass
 class CheckRow:
     """Raise ``DataError`` (naming file, episode and field) for a malformed episode row (lengths,
-    actions, instruction; ``DecodeImages`` checks the frames as it decodes them)."""
+    actions against the action space, the state where ``state_dim`` is set, instruction;
+    ``DecodeImages`` checks the frames as it decodes them)."""
 
     cameras: list[str]
+    space: ActionSpace = ActionSpace()
+    state_dim: int | None = None  # the state's length, when the model reads it
 
     def __call__(self, row: dict) -> dict:
-        problems = row_problems(row, self.cameras, row.get("path", "<dataset>"))
+        problems = row_problems(row, self.cameras, row.get("path", "<dataset>"), space=self.space,
+                                state_dim=self.state_dim)
         if problems:
             raise DataError("; ".join(map(str, problems)))
-        return {**row, "actions": row_actions(row)}
+        checked = {key: value for key, value in row.items() if key != "state"}  # read only when used
+        checked["actions"] = row_actions(row)
+        if self.state_dim:
+            checked["state"] = row_state(row)
+        return checked
 
 
 @dataclass
@@ -117,10 +127,15 @@ class Tokenize:
 
 @dataclass
 class Normalize:
-    normalizer: ActionNormalizer
+    """Normalizes the actions, and the state where the episode carries one."""
+
+    normalization: Normalization
 
     def __call__(self, row: dict) -> dict:
-        return {**row, "actions": self.normalizer.normalize(row["actions"]).astype(np.float32)}
+        out = {**row, "actions": self.normalization.action.normalize(row["actions"]).astype(np.float32)}
+        if "state" in row and self.normalization.state is not None:
+            out["state"] = self.normalization.state.normalize(row["state"]).astype(np.float32)
+        return out
 
 
 @dataclass
@@ -129,8 +144,9 @@ class EpisodeChain:
 
         CheckRow -> DecodeImages -> Normalize [-> Tokenize]
 
-    The result keeps the decoded episode (``images [S, V, 3, H, W]`` uint8, ``actions [S, 7]``,
-    the instruction, and ``input_ids`` / ``attention_mask [L]`` once tokenized), not the encoded frames."""
+    The result keeps the decoded episode (``images [S, V, 3, H, W]`` uint8, ``actions [S, D]``,
+    ``state [S, state_dim]`` where read, the instruction, and ``input_ids`` / ``attention_mask [L]``
+    once tokenized), not the encoded frames."""
 
     transforms: list
 
@@ -168,7 +184,7 @@ class CutWindows:
         starts = self.starts(steps) if starts is None else np.asarray(starts)
         frame = np.stack([self.frames(s, steps) for s in starts])  # [W, T]
         step = np.stack([self.action_steps(s) for s in starts])  # [W, T, N]
-        return {
+        windows = {
             "images": episode["images"][frame],
             "actions": episode["actions"][np.minimum(step, steps - 1)],
             "action_mask": (step < steps).astype(np.float32),
@@ -176,6 +192,9 @@ class CutWindows:
             "attention_mask": np.repeat(episode["attention_mask"][None], len(starts), axis=0),
             "start": starts.astype(np.int64),
         }
+        if "state" in episode:
+            windows["state"] = episode["state"][frame]
+        return windows
 
 
 def copy_window(dst: np.ndarray, images: np.ndarray, start: int, offsets: list[tuple[int, int]]) -> None:
@@ -251,6 +270,8 @@ class WindowBatcher:
             "actions": np.empty((size, T, N, first["actions"].shape[-1]), np.float32),
             "action_mask": np.empty((size, T, N), np.float32),
         }
+        if "state" in first:
+            batch["state"] = np.empty((size, T, first["state"].shape[-1]), np.float32)
         for i, (episode, start, key) in enumerate(zip(episodes, starts, keys)):
             steps = len(episode["actions"])
             rng = np.random.default_rng([self.seed, epoch, key, start]) if self.shift or self.jitter else None
@@ -261,6 +282,8 @@ class WindowBatcher:
             step = self.cut.action_steps(start)
             batch["actions"][i] = episode["actions"][np.minimum(step, steps - 1)]
             batch["action_mask"][i] = step < steps
+            if "state" in batch:
+                batch["state"][i] = episode["state"][self.cut.frames(start, steps)]
             batch["input_ids"][i] = episode["input_ids"]
             batch["attention_mask"][i] = episode["attention_mask"]
         return batch

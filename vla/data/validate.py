@@ -2,7 +2,8 @@
 
 Checked: metadata.json (present, parseable, counts, statistics finite), every shard (listed
 and present, readable, columns and types, unlisted extra shards), every episode (step
-counts, action length, finite actions, gripper in {-1, +1}, one frame per step and camera)
+counts, action length, finite actions, binary grippers in {-1, +1}, states of the dataset's
+length, one frame per step and camera)
 and every frame (RGB, of the size in the metadata, and with ``decode_images`` decodes): the
 checks of ``vla.data.episodes`` that the writer and training apply too. Reads one row group at a time.
 """
@@ -81,12 +82,13 @@ def _shard_problems(fs, path: str, file: str, meta: DatasetMetadata, decode: boo
         episodes = 0
         for group in range(parquet.num_row_groups):
             try:
-                rows = parquet.read_row_group(group, columns=episode_columns(cameras)).to_pylist()
+                columns = episode_columns(cameras, state=bool(meta.state_dim))
+                rows = parquet.read_row_group(group, columns=columns).to_pylist()
             except (OSError, ValueError) as err:
                 problems.append(Problem(file, f"row group {group} cannot be read: {err}"))
                 continue
             for row in rows:
                 episodes += 1
-                problems += row_problems(row, cameras, file)
+                problems += row_problems(row, cameras, file, space=meta.action_space, state_dim=meta.state_dim)
                 problems += frame_problems(row, camera_frame_sizes(meta.cameras, cameras), file, decode=decode)
     return episodes, problems

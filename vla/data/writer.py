@@ -8,11 +8,15 @@ A converter is a few lines::
         for demo in my_demos():
             writer.write(Episode(
                 instruction=demo.text,
-                actions=demo.actions,                      # [S, 7], gripper -1 close / +1 open
+                actions=demo.actions,                      # [S, 7]: 6 pose + gripper -1 close / +1 open
                 images={"static": demo.rgb, "wrist": demo.wrist_rgb},  # [S, H, W, 3] uint8
                 state=demo.proprio,                        # optional [S, D]
             ), split="train")
-    # closing writes metadata.json, with action statistics from a streaming pass
+    # closing writes metadata.json, with action (and state) statistics from a streaming pass
+
+The default action space is the 7-DOF arm; any other robot passes its own, e.g.
+``EpisodeWriter(root, cameras, action_space=ActionSpace(dim=6, binary_grippers=()))`` for six
+joint positions with no binary gripper (``vla.action_space``).
 
 Nothing is lost when a conversion fails: on a local disk the writer fills a staging folder
 beside the target (``.<name>.partial-<id>``) and swaps it in only when ``metadata.json`` is
@@ -36,9 +40,9 @@ import pyarrow.parquet as pq
 from pyarrow.fs import FileType
 from tqdm import tqdm
 
+from vla.action_space import ActionSpace
 from vla.data.episodes import Episode, encode_image, row_problems
 from vla.data.metadata import (
-    ACTION_DIM,
     METADATA_FILE,
     CameraInfo,
     DataError,
@@ -51,7 +55,7 @@ from vla.data.metadata import (
     open_root,
     save_metadata,
 )
-from vla.data.stats import compute_action_stats
+from vla.data.stats import compute_stats
 
 DEFAULT_SHARD_BYTES = 256 << 20
 ROW_GROUP_BYTES = 4 << 20  # a decode task reads the whole row group holding its episode
@@ -74,8 +78,10 @@ class EpisodeWriter:
     ``cameras``: the camera names, in order; every episode gives one image stream per camera.
     ``image_encoding``: "png" (lossless) or "jpeg" (``jpeg_quality``).
     ``max_shard_bytes``: a shard is closed once it holds this many bytes; an episode is never
-    split across shards. ``close()`` (or leaving the ``with`` block) writes ``metadata.json``
-    with per-split counts and action statistics (``compute_stats=False`` skips them, for
+    split across shards. ``action_space``: what the actions are (the 7-DOF arm by default);
+    ``state_names``: the names of the state's values, when the source has them.
+    ``close()`` (or leaving the ``with`` block) writes ``metadata.json``
+    with per-split counts and action and state statistics (``compute_stats=False`` skips them, for
     partial outputs that ``merge_datasets`` combines) and swaps the staged dataset in;
     leaving the block with an exception discards it. ``stage=False`` writes in place.
     """
@@ -91,6 +97,8 @@ class EpisodeWriter:
         source: str = "custom",
         compute_stats: bool = True,
         stage: bool = True,
+        action_space: ActionSpace = ActionSpace(),
+        state_names: list[str] | None = None,
     ):
         check_writer_args(root, cameras, image_encoding, jpeg_quality, max_shard_bytes)
         self.target, self.cameras = root, list(cameras)
@@ -102,7 +110,8 @@ class EpisodeWriter:
         self.encoding, self.jpeg_quality = image_encoding, jpeg_quality
         self.max_shard_bytes, self.compute_stats = max_shard_bytes, compute_stats
         self.schema = episode_schema(self.cameras)
-        self.meta = DatasetMetadata(cameras={}, splits={}, source=source)
+        self.meta = DatasetMetadata(cameras={}, splits={}, action_space=action_space, source=source,
+                                    state_names=list(state_names) if state_names else None)
         self._open: dict[str, _Shard] = {}
         self._ids: dict[str, set[int]] = {}
 
@@ -125,7 +134,8 @@ class EpisodeWriter:
         if episode_id in ids:
             raise DataError(f"{self.target}: split {split}: episode id {episode_id} written twice")
         row = self._encode(episode, episode_id)
-        problems = row_problems(row, self.cameras, f"{self.target} ({split})")
+        problems = row_problems(row, self.cameras, f"{self.target} ({split})", space=self.meta.action_space,
+                                state_dim=self.meta.state_dim)
         if problems:
             raise DataError("; ".join(map(str, problems)))
         ids.add(episode_id)
@@ -146,7 +156,7 @@ class EpisodeWriter:
         for split in list(self._open):
             self._close_shard(split)
         if self.compute_stats:
-            add_action_stats(self.root, self.meta)
+            add_stats(self.root, self.meta)
         save_metadata(self.root, self.meta)
         if self.root != self.target:
             swap_in(self.root, self.target)
@@ -156,8 +166,10 @@ class EpisodeWriter:
         actions = np.asarray(episode.actions, np.float32)
         steps = len(actions)
         where = f"{self.target}: episode {episode_id}"
-        if actions.ndim != 2 or actions.shape[1] != ACTION_DIM:
-            raise DataError(f"{where}, field actions: shape {actions.shape}, expected [steps, {ACTION_DIM}]")
+        dim = self.meta.action_space.dim
+        if actions.ndim != 2 or actions.shape[1] != dim:
+            raise DataError(f"{where}, field actions: shape {actions.shape}, expected [steps, {dim}] "
+                            f"(the writer's action space: {self.meta.action_space.describe()})")
         row = {
             "episode_id": episode_id,
             "instruction": str(episode.instruction),
@@ -166,11 +178,17 @@ class EpisodeWriter:
             "actions": actions.tolist(),
             "state": None,
         }
+        if any(self._ids.values()) and (episode.state is None) != (self.meta.state_dim is None):
+            raise DataError(f"{where}, field state: " + ("missing, earlier episodes have states" if episode.state is None
+                                                          else "given, earlier episodes have none"))
         if episode.state is not None:
             state = np.asarray(episode.state, np.float32).reshape(steps, -1)
             if self.meta.state_dim not in (None, state.shape[1]):
                 raise DataError(f"{where}, field state: {state.shape[1]} values, earlier episodes have "
                                 f"{self.meta.state_dim}")
+            if self.meta.state_names is not None and len(self.meta.state_names) != state.shape[1]:
+                raise DataError(f"{where}, field state: {state.shape[1]} values for "
+                                f"{len(self.meta.state_names)} state names")
             self.meta.state_dim = state.shape[1]
             row["state"] = state.tolist()
         extra = sorted(set(episode.images) - set(self.cameras))
@@ -281,12 +299,16 @@ def forget_finished(root: str) -> None:
         fs.delete_file(f"{path}/{METADATA_FILE}")
 
 
-def add_action_stats(root: str, meta: DatasetMetadata) -> None:
-    """Fill ``action_stats`` of every non-empty split by the streaming pass over its shards."""
+def add_stats(root: str, meta: DatasetMetadata) -> None:
+    """Fill ``action_stats`` (and ``state_stats`` when the episodes have states) of every non-empty
+    split by the streaming pass over its shards."""
     fs, path = open_root(root)
     for name, split in meta.splits.items():
         if split.steps:
-            split.action_stats = compute_action_stats(fs, [f"{path}/{s.file}" for s in split.shards])
+            files = [f"{path}/{s.file}" for s in split.shards]
+            split.action_stats = compute_stats(fs, files, "actions", meta.action_dim)
+            if meta.state_dim:
+                split.state_stats = compute_stats(fs, files, "state", meta.state_dim)
 
 
 def merge_datasets(root: str, parts: list[str]) -> DatasetMetadata:
@@ -299,9 +321,12 @@ def merge_datasets(root: str, parts: list[str]) -> DatasetMetadata:
         meta = load_metadata(part)
         part_fs, part_path = open_root(part)
         if merged is None:
-            merged = DatasetMetadata(cameras=meta.cameras, splits={}, state_dim=meta.state_dim, source=meta.source)
+            merged = DatasetMetadata(cameras=meta.cameras, splits={}, action_space=meta.action_space,
+                                     state_dim=meta.state_dim, state_names=meta.state_names, source=meta.source)
         elif meta.cameras and merged.cameras and meta.cameras != merged.cameras:
             raise DataError(f"{part}: cameras {meta.cameras} differ from the other parts' {merged.cameras}")
+        elif meta.state_dim and merged.state_dim and meta.state_dim != merged.state_dim:
+            raise DataError(f"{part}: field state_dim: {meta.state_dim}, the other parts have {merged.state_dim}")
         merged.cameras = merged.cameras or meta.cameras
         merged.state_dim = merged.state_dim or meta.state_dim
         for name, split in meta.splits.items():
@@ -316,7 +341,7 @@ def merge_datasets(root: str, parts: list[str]) -> DatasetMetadata:
         part_fs.delete_dir(part_path)
     if merged is None:
         raise DataError(f"{root}: nothing to merge")
-    add_action_stats(root, merged)
+    add_stats(root, merged)
     save_metadata(root, merged)
     return merged
 

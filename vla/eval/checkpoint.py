@@ -21,7 +21,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from vla.config import Config, resolve_config
-from vla.data.stats import ActionNormalizer
+from vla.data.stats import Normalization
 from vla.data.transforms import Tokenize
 from vla.eval.calvin import calvin_available, evaluate_calvin
 from vla.eval.evaluate import sim_config
@@ -59,7 +59,7 @@ def policy_from_checkpoint(checkpoint_dir: Path, run: Config, normalization: dic
     model.head.float()
     tokenize = Tokenize(build_tokenizer(run.model), run.data.max_text_len)
     preprocessor = Preprocessor(run.data.cameras, model.image_size, tokenize)
-    return Policy(model.eval(), ActionNormalizer.from_dict(normalization), preprocessor, target)
+    return Policy(model.eval(), Normalization.from_dict(normalization), preprocessor, target)
 
 
 def closed_loop_metrics(policy: Policy, run: Config, settings: EvalConfig) -> dict[str, float]:
@@ -88,7 +88,8 @@ def evaluate_checkpoint(checkpoint: ray.train.Checkpoint, run_dir: str, run_dict
         result = evaluate_offline_local(policy, run, run.data.val_split, batch_size=run.data.batch_size,
                                         max_batches=settings.offline_batches)
         metrics.update({f"eval_offline_{key}": result[key]
-                        for key in ("loss", "loss_arm", "loss_gripper", "pose_error", "gripper_accuracy")})
+                        for key in ("loss", "loss_arm", "loss_gripper", "pose_error", "gripper_accuracy")
+                        if key in result})
     if calvin and settings.calvin_dataset:
         if calvin_available():
             result = evaluate_calvin(policy, settings.calvin_dataset, chains=settings.calvin_chains)

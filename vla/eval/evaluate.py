@@ -15,6 +15,7 @@ from pathlib import Path
 
 from vla.config import Config
 from vla.data import load_metadata
+from vla.data.converters.synthetic import HIDDEN_STATE_SOURCE
 from vla.eval.calvin import calvin_available
 from vla.eval.offline import evaluate_offline
 from vla.eval.report import plot_results, save_strips, write_report
@@ -38,16 +39,19 @@ class EvalOptions:
 
 
 def constant_action(run: Config) -> list[float]:
-    """The constant baseline: the training split's mean action with the gripper open (+1)."""
-    stats = load_metadata(run.data.path).splits[run.data.train_split].action_stats
+    """The constant baseline: the training split's mean action with every binary gripper open (+1)."""
+    meta = load_metadata(run.data.path)
+    stats = meta.splits[run.data.train_split].action_stats
     if stats is None:
         raise ValueError(f"{run.data.path}: the training split has no action statistics")
-    return [*stats.mean[:6], 1.0]
+    return [1.0 if i in meta.action_space.binary_grippers else mean for i, mean in enumerate(stats.mean)]
 
 
 def sim_config(run: Config) -> SimConfig:
-    """The built-in environment as the demonstrations were rendered (at the model's image size)."""
-    return SimConfig(image_size=run.model.image_size)
+    """The built-in environment as the demonstrations were rendered (at the model's image size;
+    the hidden-state variant for a dataset written with the gripper hidden)."""
+    hidden = run.data.path and load_metadata(run.data.path).source == HIDDEN_STATE_SOURCE
+    return SimConfig(image_size=run.model.image_size, show_gripper=not hidden)
 
 
 def closed_loop(export_dir: str, run: Config, options: EvalOptions) -> tuple[dict, dict]:

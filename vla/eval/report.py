@@ -16,9 +16,15 @@ CLOSED_LOOP_FIELDS = ("env", "episodes", "seeds", "max_steps", "policies", "cons
 POLICY_FIELDS = ("success_rate", "success_ci95", "successes", "episodes", "mean_steps", "mean_steps_to_success",
                  "outcomes")
 OFFLINE_FIELDS = ("split", "windows", "steps", "loss", "loss_arm", "loss_gripper", "pose_error",
-                  "pose_error_per_dim", "pose_error_per_dim_unnormalized", "gripper_accuracy")
+                  "pose_error_per_dim", "pose_error_per_dim_unnormalized", "pose_dims",
+                  "gripper_accuracy")  # the last only where the action has binary grippers
 FILES_FIELDS = ("report", "plot", "strips")
-POSE_DIMS = ("x", "y", "z", "roll", "pitch", "yaw")
+ARM_POSE_DIMS = ("x", "y", "z", "roll", "pitch", "yaw")  # the 7-DOF arm's continuous dimensions
+
+
+def dimension_labels(dims: list[int]) -> list[str]:
+    """Axis labels of the continuous action dimensions ``dims``: the arm's pose names, else the indices."""
+    return list(ARM_POSE_DIMS) if list(dims) == list(range(6)) else [f"dim {d}" for d in dims]
 
 
 def write_report(report: dict, out_dir: Path) -> Path:
@@ -72,9 +78,10 @@ def plot_results(closed_loop: dict, offline: dict | None, path: Path) -> Path:
     ax.set_title(f"{closed_loop['env']}: {closed_loop['episodes']} episodes per policy")
     if offline:
         ax = axes[0][1]
-        ax.bar(POSE_DIMS, offline["pose_error_per_dim_unnormalized"])
+        ax.bar(dimension_labels(offline["pose_dims"]), offline["pose_error_per_dim_unnormalized"])
         ax.set_ylabel("mean |error| (action units)")
-        ax.set_title(f"offline ({offline['split']}): gripper accuracy {offline['gripper_accuracy']:.2f}")
+        gripper = f": gripper accuracy {offline['gripper_accuracy']:.2f}" if "gripper_accuracy" in offline else ""
+        ax.set_title(f"offline ({offline['split']}){gripper}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from vla.configuration import check
@@ -34,7 +34,16 @@ class ModelConfig:
     head_hidden_size: int = 256
     head_num_layers: int = 2
     head_dropout: float = 0.0
-    # Loss
+    # Action space and state, filled from the dataset when a run starts (vla.action_space); the
+    # defaults are the 7-DOF arm without state (what exports written before them hold)
+    action_dim: int = 7
+    binary_grippers: list[int] = field(default_factory=lambda: [6])  # -1/+1 dims, trained with BCE
+    state_dim: int = 0  # length of the robot state read per frame; 0: none
+    use_state: bool | None = None  # read the dataset's state; None: when the dataset has one
+    # Where the state enters: "head" joins it to each frame's [LRN] features; "token" projects it to
+    # one LM token right before [LRN] (measured on the hidden-state task: docs/evaluation.md)
+    state_input: Literal["head", "token"] = "head"
+    # Loss: MSE over the continuous dims + lambda_gripper x BCE over the binary grippers
     lambda_gripper: float = 0.01
     # What trains (the action token and the head always do)
     freeze_backbone: bool = False
@@ -56,5 +65,15 @@ class ModelConfig:
         check(self.head_hidden_size > 0, "head_hidden_size", "must be > 0")
         check(self.head_num_layers >= 1, "head_num_layers", "must be >= 1")
         check(0.0 <= self.head_dropout < 1.0, "head_dropout", "must be in [0, 1)")
+        check(self.action_dim >= 1, "action_dim", "must be >= 1")
+        check(all(0 <= i < self.action_dim for i in self.binary_grippers), "binary_grippers",
+              f"must be dimensions of the action (0..{self.action_dim - 1}), got {self.binary_grippers}")
+        check(len(set(self.binary_grippers)) == len(self.binary_grippers), "binary_grippers", "has a repeated dimension")
+        check(self.state_dim >= 0, "state_dim", "must be >= 0")
         check(self.lambda_gripper >= 0.0, "lambda_gripper", "must be >= 0")
         check(self.lora_rank >= 0, "lora_rank", "must be >= 0")
+
+    @property
+    def continuous_dims(self) -> list[int]:
+        """The regressed action dimensions (all but the binary grippers), in order."""
+        return [i for i in range(self.action_dim) if i not in self.binary_grippers]

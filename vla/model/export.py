@@ -5,7 +5,7 @@
         model_config.json       the ModelConfig
         backbone_config.json    the Hugging Face config of the backbone
         tokenizer files         (AutoTokenizer.from_pretrained(directory) loads them; right padding)
-        normalization.json      the training action statistics (``ActionNormalizer.to_dict()``)
+        normalization.json      the training action statistics (``Normalization.to_dict()``)
         config.yaml             the full resolved run config (cameras, instruction length)
 
 Training writes the last two beside every run as well (``run_files``), in the same format.
@@ -54,7 +54,7 @@ def save_export(
     """Write the whole export of ``model`` (or of ``state_dict``, e.g. gathered from FSDP) to ``directory``.
 
     ``run_config`` is the resolved run config (``Config.to_dict()``), ``normalization`` the
-    action statistics (``ActionNormalizer.to_dict()``).
+    action statistics (``Normalization.to_dict()``).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -90,5 +90,5 @@ def read_run_config(directory: str | Path) -> dict:
 
 
 def read_normalization(directory: str | Path) -> dict:
-    """The action statistics saved with an export (a dict for ``ActionNormalizer.from_dict``)."""
+    """The action statistics saved with an export (a dict for ``Normalization.from_dict``)."""
     return json.loads((Path(directory) / NORMALIZATION_FILE).read_text())

@@ -1,4 +1,5 @@
-"""The training objective: masked MSE on the pose + lambda_gripper * masked BCE on the gripper."""
+"""The training objective: masked MSE over the continuous action dimensions + lambda_gripper *
+masked BCE over the binary grippers (on the 7-DOF arm: pose dims 0-5 and the gripper, dim 6)."""
 
 from __future__ import annotations
 
@@ -15,27 +16,28 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def action_loss(
-    output: ActionOutput, actions: torch.Tensor, action_mask: torch.Tensor, lambda_gripper: float
+    output: ActionOutput, actions: torch.Tensor, action_mask: torch.Tensor, lambda_gripper: float,
+    binary_grippers: list[int],
 ) -> dict[str, torch.Tensor]:
-    """Loss terms and metrics for ``actions [B, T, N, 7]`` (pose dims 0-5, gripper in {-1, +1}).
+    """Loss terms and metrics for ``actions [B, T, N, D]`` whose ``binary_grippers`` dims hold -1 / +1.
 
     ``action_mask [B, T, N]`` is 1 where the step lies inside the episode; only those count.
+    ``gripper_accuracy`` is only reported when the action has binary grippers.
     """
-    mask = action_mask.to(output.pose.dtype)
-    pose_target = actions[..., :6].to(output.pose.dtype)
-    gripper_target = (actions[..., 6] > 0).to(output.gripper_logits.dtype)  # {-1, +1} -> {0, 1}
-
-    loss_arm = _masked_mean((output.pose - pose_target) ** 2, mask)
-    bce = F.binary_cross_entropy_with_logits(output.gripper_logits, gripper_target, reduction="none")
-    loss_gripper = _masked_mean(bce, mask)
+    mask = action_mask.to(output.continuous.dtype)
+    continuous_dims = [i for i in range(actions.shape[-1]) if i not in binary_grippers]
+    target = actions[..., continuous_dims].to(output.continuous.dtype)
+    loss_arm = _masked_mean((output.continuous - target) ** 2, mask)
     with torch.no_grad():
-        pose_error = _masked_mean((output.pose - pose_target).abs(), mask)
-        correct = ((output.gripper_logits > 0).to(mask.dtype) == gripper_target).to(mask.dtype)
-        gripper_accuracy = _masked_mean(correct, mask)
-    return {
-        "loss": loss_arm + lambda_gripper * loss_gripper,
-        "loss_arm": loss_arm,
-        "loss_gripper": loss_gripper,
-        "pose_error": pose_error,
-        "gripper_accuracy": gripper_accuracy,
-    }
+        metrics = {"pose_error": _masked_mean((output.continuous - target).abs(), mask)}
+    loss = loss_arm
+    loss_gripper = loss_arm.new_zeros(())
+    if binary_grippers:
+        gripper_target = (actions[..., binary_grippers] > 0).to(output.gripper_logits.dtype)  # {-1, +1} -> {0, 1}
+        bce = F.binary_cross_entropy_with_logits(output.gripper_logits, gripper_target, reduction="none")
+        loss_gripper = _masked_mean(bce, mask)
+        loss = loss + lambda_gripper * loss_gripper
+        with torch.no_grad():
+            correct = ((output.gripper_logits > 0).to(mask.dtype) == gripper_target).to(mask.dtype)
+            metrics["gripper_accuracy"] = _masked_mean(correct, mask)
+    return {"loss": loss, "loss_arm": loss_arm, "loss_gripper": loss_gripper, **metrics}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from vla.model.heads import join_actions
 from vla.model.vla_model import VLAModel
 
 
@@ -14,15 +15,17 @@ class ActionStepper:
     """Stateful rollout API over ``E`` environments, each with its own history.
 
     Each ``step`` encodes the new frame once and keeps each environment's last ``window_size``
-    action-token features; the head then re-runs from a zero state over those frames, exactly
-    as a training window ending at this frame would (RoboVLMs), and the first predicted step
-    is returned. ``reset(i)`` restarts environment ``i`` only.
+    action-token features (with the frame's state, where the model reads it); the head then
+    re-runs from a zero state over those frames, exactly as a training window ending at this
+    frame would (RoboVLMs), and the chunk it predicts at the newest frame is returned.
+    ``reset(i)`` restarts environment ``i`` only.
     """
 
     def __init__(self, model: VLAModel):
         self.model = model
         self.window_size = model.config.window_size
-        self._history: list[list[torch.Tensor]] = []  # per environment: features [latent, hidden]
+        # per environment, per frame: features [latent, hidden] and the state [state_dim] (or None)
+        self._history: list[list[tuple[torch.Tensor, torch.Tensor | None]]] = []
 
     def reset(self, env_index: int | None = None) -> None:
         """Forget the history of every environment (the count may then change), or of ``env_index`` only."""
@@ -32,24 +35,29 @@ class ActionStepper:
             self._history[env_index] = []
 
     @torch.no_grad()
-    def step(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Images ``[E, V, 3, H, W]`` uint8 + instruction ``[E, L]`` -> ``[E, 7]``.
-
-        Dims 0-5: the normalized pose of the first predicted step; dim 6: its gripper logit.
-        """
+    def step(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+             state: torch.Tensor | None = None) -> torch.Tensor:
+        """Images ``[E, V, 3, H, W]`` uint8 + instruction ``[E, L]`` (+ normalized ``state [E, S]``
+        where the model reads it) -> the chunk ``[E, N, D]`` predicted at this frame, in the
+        dataset's dimension order: normalized continuous values, logits for binary grippers."""
         count = images.shape[0]
         if not self._history:
             self._history = [[] for _ in range(count)]
         if count != len(self._history):
             raise ValueError(f"got {count} observations for {len(self._history)} environments; "
                              "call reset() to change the number of environments")
-        features = self.model.action_features(images.unsqueeze(1), input_ids, attention_mask)[:, 0].float()
-        for history, frame in zip(self._history, features):
-            history.append(frame)
+        state = self.model.checked_state(None if state is None else state.unsqueeze(1))
+        features = self.model.action_features(images.unsqueeze(1), input_ids, attention_mask, state)[:, 0].float()
+        state = self.model.head_state(state)
+        for i, (history, frame) in enumerate(zip(self._history, features)):
+            history.append((frame, None if state is None else state[i, 0]))
             del history[:-self.window_size]
-        out = torch.empty(count, 7, device=features.device)
+        cfg = self.model.config
+        out = torch.empty(count, cfg.fwd_pred_next_n, cfg.action_dim, device=features.device)
         for length in {len(h) for h in self._history}:  # one head call per history length
             envs = [i for i, h in enumerate(self._history) if len(h) == length]
-            head = self.model.head(torch.stack([torch.stack(self._history[i]) for i in envs]))
-            out[envs] = torch.cat([head.pose[:, -1, 0], head.gripper_logits[:, -1, :1]], dim=-1)
+            frames = torch.stack([torch.stack([f for f, _ in self._history[i]]) for i in envs])
+            states = None if state is None else torch.stack([torch.stack([s for _, s in self._history[i]])
+                                                             for i in envs])
+            out[envs] = join_actions(self.model.head(frames, states), cfg)[:, -1]
         return out

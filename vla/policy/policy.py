@@ -3,12 +3,15 @@
     policy = Policy.load("~/vla_runs/demo/export")          # device="cuda" runs in bf16
     policy.reset()
     action = policy.act({"images": {"static": rgb, "wrist": rgb}, "instruction": "pick up the red block"})
+    # action: [D] in the dataset's units (binary grippers -1 / +1); a policy trained with the
+    # robot state also takes "state": [S] floats (policy.state_dim), in the dataset's units
 
 The same object serves evaluation and deployment (openpi style); no Ray, no FSDP.
 Preprocessing reuses the training pipeline's own functions (image resize straight to the
 size the model runs at, tokenization), and acting is ``vla.model.ActionStepper``'s (RoboVLMs
 inference: the last ``window_size`` frames' action-token features per environment, the head
-re-run from a zero state over them, the first predicted step executed).
+re-run from a zero state over them; ``act`` executes the first predicted step,
+``act_chunk_batch`` returns the whole chunk).
 """
 
 from __future__ import annotations
@@ -19,16 +22,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from vla.action_space import ActionSpace
 from vla.config import Config, resolve_config
 from vla.data.episodes import resize_image
 from vla.data.pipeline import load_tokenizer
-from vla.data.stats import ActionNormalizer
+from vla.data.stats import Normalization
 from vla.data.transforms import Tokenize
 from vla.model import ActionStepper, VLAModel, load_export
 from vla.model.export import read_normalization, read_run_config
 from vla.train.storage import localize
 
-Observation = dict  # {"images": {camera: HxWx3 uint8}, "instruction": str, ...}
+Observation = dict  # {"images": {camera: HxWx3 uint8}, "instruction": str, "state": [S] floats}
 
 
 def load_run_config(export_dir: str | Path) -> Config:
@@ -58,20 +62,43 @@ class Preprocessor:
         return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
-class Policy:
-    """``reset(env_index=None)``, ``act(obs) -> [7]``, ``act_batch(observations) -> [E, 7]``.
+def observed_state(observations: list[Observation], state_dim: int) -> np.ndarray:
+    """The ``[E, state_dim]`` float32 states of ``observations``; a missing or wrong-length state is
+    a one-line ``ValueError`` naming the field and the length expected."""
+    states = []
+    for obs in observations:
+        if obs.get("state") is None:
+            raise ValueError(f"state: missing; this policy reads the robot state, {state_dim} floats")
+        state = np.asarray(obs["state"], np.float32).reshape(-1)
+        if len(state) != state_dim:
+            raise ValueError(f"state: {len(state)} values, expected {state_dim}")
+        states.append(state)
+    return np.stack(states)
 
-    Actions are in the dataset's units (pose un-normalized with the training statistics),
-    gripper -1 (close) or +1 (open). ``act_batch`` keeps one history per environment index.
+
+class Policy:
+    """``reset(env_index=None)``, ``act(obs) -> [D]``, ``act_batch(observations) -> [E, D]``,
+    ``act_chunk_batch(observations) -> [E, N, D]`` (the whole predicted chunk).
+
+    Actions are in the dataset's units (un-normalized with the training statistics), binary
+    grippers -1 (close) or +1 (open). ``act_batch`` keeps one history per environment index.
+    ``action_space``, ``state_dim`` (0: no state read), ``chunk_length``, ``cameras`` and
+    ``image_size`` say what the policy takes and returns.
     """
 
-    def __init__(self, model: VLAModel, normalizer: ActionNormalizer, preprocessor: Preprocessor,
+    def __init__(self, model: VLAModel, normalization: Normalization, preprocessor: Preprocessor,
                  device: torch.device):
         self.model = model
-        self.normalizer = normalizer
+        self.normalization = normalization
         self.preprocessor = preprocessor
         self.device = device
-        self.window_size = model.config.window_size
+        cfg = model.config
+        self.window_size = cfg.window_size
+        self.action_space = ActionSpace(dim=cfg.action_dim, binary_grippers=tuple(cfg.binary_grippers))
+        self.state_dim = cfg.state_dim
+        self.chunk_length = cfg.fwd_pred_next_n
+        self.cameras = list(preprocessor.cameras)
+        self.image_size = preprocessor.image_size
         self.stepper = ActionStepper(model)
 
     @classmethod
@@ -87,32 +114,48 @@ class Policy:
         dtype = dtype or (torch.bfloat16 if target.type == "cuda" else torch.float32)
         model, _ = load_export(export_dir, dtype=dtype)
         model.to(target)
-        normalizer = ActionNormalizer.from_dict(read_normalization(export_dir))
+        normalization = Normalization.from_dict(read_normalization(export_dir))
         tokenize = Tokenize(load_tokenizer(str(export_dir)), run.data.max_text_len)
-        return cls(model, normalizer, Preprocessor(run.data.cameras, model.image_size, tokenize), target)
+        return cls(model, normalization, Preprocessor(run.data.cameras, model.image_size, tokenize), target)
 
     def reset(self, env_index: int | None = None) -> None:
         """Forget the history of every environment, or of ``env_index`` only."""
         self.stepper.reset(env_index)
 
     def act(self, observation: Observation) -> np.ndarray:
-        """One environment's action for ``observation``: ``[7]`` float32."""
+        """One environment's action for ``observation``: ``[D]`` float32."""
         return self.act_batch([observation])[0]
 
     def act_batch(self, observations: list[Observation]) -> np.ndarray:
-        """One step of ``E`` environments (observation ``i`` belongs to environment ``i``): ``[E, 7]``."""
+        """One step of ``E`` environments (observation ``i`` belongs to environment ``i``): ``[E, D]``,
+        the first step of each predicted chunk."""
+        return self.act_chunk_batch(observations)[:, 0]
+
+    def act_chunk_batch(self, observations: list[Observation]) -> np.ndarray:
+        """One step of ``E`` environments: the whole chunk each predicts, ``[E, N, D]`` float32."""
         return self.actions_from_output(self.infer(observations))
 
     @torch.no_grad()
     def infer(self, observations: list[Observation]) -> torch.Tensor:
-        """The model's raw output for one step of ``E`` environments: ``[E, 7]`` = normalized pose
-        of the first predicted step + gripper logit (``ActionStepper.step``)."""
+        """The model's raw chunk for one step of ``E`` environments: ``[E, N, D]`` of normalized
+        continuous values and binary-gripper logits (``ActionStepper.step``)."""
+        state = self.normalized_state(observations)
         images = self.preprocessor.images(observations).to(self.device)
         ids, mask = (t.to(self.device) for t in self.preprocessor.instructions(observations))
-        return self.stepper.step(images, ids, mask)
+        return self.stepper.step(images, ids, mask, state)
+
+    def normalized_state(self, observations: list[Observation]) -> torch.Tensor | None:
+        """The observations' states ``[E, S]`` normalized as in training, on the device; None when
+        the policy reads no state."""
+        if not self.state_dim:
+            return None
+        state = self.normalization.state.normalize(observed_state(observations, self.state_dim))
+        return torch.from_numpy(state).to(self.device)
 
     def actions_from_output(self, output: torch.Tensor) -> np.ndarray:
-        """Raw ``[E, 7]`` model output -> actions: pose un-normalized, gripper sigmoid > 0.5 -> +1 else -1."""
+        """Raw ``[..., D]`` model output -> actions: continuous dims un-normalized, binary grippers
+        +1 where the logit is > 0 (sigmoid > 0.5) else -1."""
         actions = output.float().cpu().numpy().copy()
-        actions[:, 6] = np.where(actions[:, 6] > 0, 1.0, -1.0)
-        return self.normalizer.unnormalize(actions).astype(np.float32)
+        grippers = list(self.action_space.binary_grippers)
+        actions[..., grippers] = np.where(actions[..., grippers] > 0, 1.0, -1.0)
+        return self.normalization.action.unnormalize(actions).astype(np.float32)

@@ -8,6 +8,10 @@ Coordinates: the table is the unit square, ``x`` to the right (image columns), `
 Action (7-DOF, each in [-1, 1]): ``(dx, dy, dz, droll, dpitch, dyaw, gripper)``; ``dx, dy``
 move by at most ``move_step``, ``dz`` by at most ``z_step``; rotations are ignored;
 gripper -1 closes and +1 opens (the RoboVLMs convention).
+
+``show_gripper: false`` is the hidden-state variant: neither camera shows the gripper (the wrist
+camera shows the static view), so where the gripper is, and so which way to move, is only in the
+robot state ``(x, y, z, gripper)``: a policy that does not read the state cannot solve it.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class SimConfig:
     max_steps: int = 40
     align_tolerance: float = 0.035  # the expert lowers once this close to the target (x and y)
     wrist_view: float = 0.2  # half-width of the wrist camera's view at height 0 (grows with z)
+    show_gripper: bool = True  # false: the hidden-state variant (module docstring)
 
     def validate(self) -> None:
         check(self.image_size >= 8, "image_size", "must be >= 8 pixels")
@@ -165,10 +170,11 @@ class SyntheticEnv:
     def observation(self) -> dict:
         x, y, z = self.gripper
         wrist_half = self.cfg.wrist_view * (1.0 + z)
+        static = self.render(0.5, 0.5, 0.5)
         return {
             "images": {
-                "static": self.render(0.5, 0.5, 0.5),
-                "wrist": self.render(x, y, wrist_half),
+                "static": static,
+                "wrist": self.render(x, y, wrist_half) if self.cfg.show_gripper else static.copy(),
             },
             "instruction": self.instruction,
             "state": np.array([x, y, z, -1.0 if self.closed else 1.0], np.float32),
@@ -188,6 +194,8 @@ class SyntheticEnv:
             b = self.blocks[i]
             h = self.cfg.block_half_size * (1.0 + 0.5 * b.z)
             image[(np.abs(X - b.x) <= h) & (np.abs(Y - b.y) <= h)] = COLOURS[b.colour]
+        if not self.cfg.show_gripper:
+            return image
         gx, gy, gz = self.gripper
         reach = np.maximum(np.abs(X - gx), np.abs(Y - gy))
         outer = 0.05 + 0.05 * gz  # the gripper looks larger the higher it is

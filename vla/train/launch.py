@@ -17,14 +17,16 @@ from pathlib import Path
 
 import ray
 import ray.train
+import yaml
 from ray.train.torch import TorchTrainer
 from ray.train import UserCallback
 
 from vla.config import Config
 from vla.configuration import ConfigError, to_dict
-from vla.data import ActionNormalizer, build_window_stream, check_dataset, count_windows
+from vla.data import Normalization, build_window_stream, check_dataset, count_windows
 from vla.data.converters.synthetic import convert_synthetic
 from vla.data.metadata import METADATA_FILE
+from vla.data.pipeline import DataSpec
 from vla.model import build_tokenizer, run_image_size
 from vla.model.export import RUN_CONFIG_FILE, run_files
 from vla.train.checkpoint import set_aside_stale_ray_snapshot
@@ -95,20 +97,48 @@ def ensure_ray() -> None:
 class CheckedRun:
     """What the driver checked before anything starts: nothing of it is written anywhere yet."""
 
+    cfg: Config  # the run's config with the dataset's action space and state filled in (``with_data_spec``)
     normalization_json: str
     total_steps: int
     run_dir: str
+
+
+def with_data_spec(cfg: Config, spec: DataSpec) -> Config:
+    """``cfg`` whose model predicts the dataset's action space and reads its state (``model.action_dim``,
+    ``model.binary_grippers``, ``model.state_dim``: the dataset decides them, whatever the config said)."""
+    space = spec.action_space
+    model = dataclasses.replace(cfg.model, action_dim=space.dim, binary_grippers=list(space.binary_grippers),
+                                state_dim=spec.state_dim)
+    model.validate()
+    return dataclasses.replace(cfg, model=model)
+
+
+def started_before_state(run_dir: str) -> bool:
+    """Whether the run in ``run_dir`` was started by code that read no robot state (its saved
+    ``config.yaml`` has no ``model.state_dim``): resuming it keeps the model it has."""
+    saved = f"{run_dir}/{RUN_CONFIG_FILE}"
+    if not exists(saved):
+        return False
+    model = (yaml.safe_load(read_bytes(saved)) or {}).get("model") or {}
+    return "state_dim" not in model
 
 
 def check_run(cfg: Config) -> CheckedRun:
     """Config, dataset metadata and every shard's footer and schema, checked on the driver with no
     Ray and no writes; raises ``ConfigError`` or ``DataError`` naming the file and field."""
     splits = [cfg.data.train_split] + ([cfg.data.val_split] if cfg.train.val_every else [])
-    normalizer = check_dataset(cfg.data, splits)
+    run_dir = run_path(normalize_storage_path(cfg.run.storage_path), cfg.run.name)
+    if cfg.model.use_state is None and started_before_state(run_dir):
+        log.info("%s was started before the model read robot states: resuming it without", run_dir)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, use_state=False))
+    spec = check_dataset(cfg.data, splits, cfg.model.use_state)
+    log.info("data: actions %s; state: %s", spec.action_space.describe(),
+             f"{spec.state_dim} values" if spec.state_dim else "not read")
     return CheckedRun(
-        normalization_json=json.dumps(normalizer.to_dict(), indent=1),
+        cfg=with_data_spec(cfg, spec),
+        normalization_json=json.dumps(spec.normalization.to_dict(), indent=1),
         total_steps=total_steps(cfg, count_windows(cfg.data, cfg.data.train_split)),
-        run_dir=run_path(normalize_storage_path(cfg.run.storage_path), cfg.run.name),
+        run_dir=run_dir,
     )
 
 
@@ -165,14 +195,14 @@ def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = (), checked: 
     ``checked``: the result of ``check_run(cfg)`` when the caller already ran it.
     """
     checked = checked or check_run(cfg)
-    run_dir, normalization_json = checked.run_dir, checked.normalization_json
+    cfg, run_dir, normalization_json = checked.cfg, checked.run_dir, checked.normalization_json
     storage_path = normalize_storage_path(cfg.run.storage_path)
     write_run_files(run_dir, cfg, normalization_json)
     set_aside_stale_ray_snapshot(run_dir)
     tokenizer_dir = tokenizer_directory(cfg, run_dir)
     image_size = run_image_size(cfg.model)  # frames are resized once, to the size the model runs at
 
-    normalizer = ActionNormalizer.from_dict(json.loads(normalization_json))  # what the driver computed
+    normalization = Normalization.from_dict(json.loads(normalization_json))  # what the driver computed
 
     def windows(split: str, train: bool):
         return build_window_stream(
@@ -183,7 +213,7 @@ def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = (), checked: 
             image_size=image_size,
             tokenizer_dir=tokenizer_dir,
             train=train,
-            normalizer=normalizer,
+            normalization=normalization,
         )
 
     streams = {cfg.data.train_split: windows(cfg.data.train_split, train=True)}

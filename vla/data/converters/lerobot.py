@@ -39,10 +39,12 @@ Mapping (arguments of ``convert_lerobot``, flags of ``prepare_data.py lerobot``)
 
 - ``cameras``: our camera name -> LeRobot feature; default: the first two image/video features
   in ``info.json`` order, as ``static`` and ``wrist`` (one feature: ``static`` only).
-- ``action_key`` (default ``action``) must have 7 values: 6 pose + gripper (dim 6).
-- ``state_key``: default ``observation.state`` when the dataset has it.
-- ``gripper``: the convention of the source's gripper dim, mapped to our -1 close / +1 open
-  (``GRIPPER_CONVENTIONS``).
+- ``action_key`` (default ``action``): any 1-D shape; its ``names`` in ``info.json`` become the
+  action space's names.
+- ``state_key``: default ``observation.state`` when the dataset has it (any 1-D shape, names kept).
+- ``grippers``: ``INDEX:CONVENTION`` for each action dimension that is a gripper
+  (``vla.data.grippers``): a binary convention maps it to our -1 close / +1 open, ``continuous``
+  only names it. Without one, no dimension is a gripper (an SO-100's ``gripper.pos`` is a joint).
 - Splits: ``val_episodes`` (the last K episodes by index) if given; else the episodes that
   ``info.json`` ``splits`` put in a ``val``, ``validation`` or ``test`` range ("start:end"); else
   the last ``round(val_fraction * episodes)``. Every other episode goes to ``train``.
@@ -63,8 +65,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from vla.action_space import ActionSpace
 from vla.data.episodes import Episode, decode_image
-from vla.data.metadata import ACTION_DIM, GRIPPER_DIM, DataError, DatasetMetadata
+from vla.data.grippers import GripperError, action_space_of, declared_grippers, map_grippers
+from vla.data.metadata import DataError, DatasetMetadata
 from vla.data.writer import write_dataset
 
 log = logging.getLogger(__name__)
@@ -73,12 +77,6 @@ INFO_FILE = "meta/info.json"
 DEFAULT_CAMERAS = ("static", "wrist")
 DEFAULT_STATE_KEY = "observation.state"
 VAL_SPLIT_NAMES = ("val", "validation", "test")
-GRIPPER_CONVENTIONS = {
-    "signed": "negative closes, positive opens (our -1 / +1 as is), 0 is an error",
-    "signed_inverted": "positive closes, negative opens, 0 is an error",
-    "open_fraction": "in [0, 1] with 1 fully open, >= 0.5 opens",
-    "close_fraction": "in [0, 1] with 1 fully closed, >= 0.5 closes",
-}
 
 
 @dataclass(frozen=True)
@@ -89,7 +87,10 @@ class FeatureMap:
     videos: frozenset[str]  # the mapped camera features stored as video
     action: str
     state: str | None
-    gripper: str
+    grippers: dict[int, str]  # action dimension -> gripper convention (``vla.data.grippers``)
+    action_space: ActionSpace
+    state_dim: int | None = None
+    state_names: list[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -136,8 +137,25 @@ def load_info(root: Path) -> tuple[dict, int]:
                     f"(v2.x or v3.0)")
 
 
+def feature_names(feature: dict) -> list[str] | None:
+    """A feature's per-value ``names`` in ``info.json``: a list, or a mapping holding one list
+    (``{"motors": [...]}`` in older datasets); None when absent."""
+    names = feature.get("names")
+    if isinstance(names, dict) and len(names) == 1:
+        names = next(iter(names.values()))
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
+def vector_length(features: dict, key: str, info_file: Path) -> int:
+    """The length of a 1-D numeric feature (``shape: [D]``)."""
+    shape = list(features[key].get("shape", []))
+    if len(shape) != 1 or not isinstance(shape[0], int) or shape[0] < 1:
+        raise DataError(f"{info_file}: feature {key}: shape {shape}, expected one dimension [D]")
+    return shape[0]
+
+
 def map_features(info: dict, info_file: Path, *, cameras: dict[str, str] | None, action_key: str,
-                 state_key: str | None, gripper: str) -> FeatureMap:
+                 state_key: str | None, grippers: list[str]) -> FeatureMap:
     """Check the requested features against ``info.json`` and resolve the defaults."""
     features = info.get("features") or {}
     visual = [key for key, ft in features.items() if ft.get("dtype") in ("image", "video")]
@@ -151,18 +169,21 @@ def map_features(info: dict, info_file: Path, *, cameras: dict[str, str] | None,
                             f"or video feature (those are {visual})")
     if action_key not in features:
         raise DataError(f"{info_file}: field features: no action feature {action_key!r} (features: {list(features)})")
-    shape = list(features[action_key].get("shape", []))
-    if shape != [ACTION_DIM]:
-        raise DataError(f"{info_file}: feature {action_key}: shape {shape}, expected [{ACTION_DIM}] "
-                        f"(6 pose values + gripper)")
+    action_dim = vector_length(features, action_key, info_file)
+    try:
+        declared = declared_grippers(list(grippers), action_dim)
+    except GripperError as err:
+        raise DataError(f"{info_file}: feature {action_key}: {err}") from None
+    space = action_space_of(action_dim, feature_names(features[action_key]), declared)
     if state_key is not None and state_key not in features:
         if state_key != DEFAULT_STATE_KEY:
             raise DataError(f"{info_file}: field features: no state feature {state_key!r}")
         state_key = None
-    if gripper not in GRIPPER_CONVENTIONS:
-        raise ValueError(f"gripper must be one of {list(GRIPPER_CONVENTIONS)}, got {gripper!r}")
+    state_dim = vector_length(features, state_key, info_file) if state_key else None
+    state_names = feature_names(features[state_key]) if state_key else None
     videos = frozenset(key for key in cameras.values() if features[key]["dtype"] == "video")
-    return FeatureMap(dict(cameras), videos, action_key, state_key, gripper)
+    return FeatureMap(dict(cameras), videos, action_key, state_key, declared, space, state_dim,
+                      state_names if state_names and len(state_names) == state_dim else None)
 
 
 def read_tasks(root: Path, version: int) -> dict[int, str]:
@@ -277,14 +298,18 @@ def read_episode(source: LeRobotSource, ref: EpisodeRef, data: pa.Table) -> Epis
     if table.num_rows == 0:
         raise DataError(f"{where}: the episode has no rows")
     actions = _float_column(table, fmap.action, where)
-    if actions.shape[1] != ACTION_DIM:
+    if actions.shape[1] != fmap.action_space.dim:
         raise DataError(f"{where}, feature {fmap.action}: shape {list(actions.shape)}, "
-                        f"expected [steps, {ACTION_DIM}]")
+                        f"expected [steps, {fmap.action_space.dim}] (meta/info.json)")
     try:
-        actions[:, GRIPPER_DIM] = gripper_to_pm1(actions[:, GRIPPER_DIM], fmap.gripper)
-    except ValueError as err:
-        raise DataError(f"{where}, feature {fmap.action}[{GRIPPER_DIM}] (gripper): {err}; "
-                        f"name the source's convention with --gripper ({', '.join(GRIPPER_CONVENTIONS)})") from None
+        map_grippers(actions, fmap.grippers)
+    except GripperError as err:
+        raise DataError(f"{where}, feature {fmap.action}: gripper {err}; name the source's convention "
+                        f"with --gripper INDEX:CONVENTION") from None
+    state = _float_column(table, fmap.state, where) if fmap.state else None
+    if state is not None and state.shape[1] != fmap.state_dim:
+        raise DataError(f"{where}, feature {fmap.state}: shape {list(state.shape)}, "
+                        f"expected [steps, {fmap.state_dim}] (meta/info.json)")
     task = int(table.column("task_index")[0].as_py())
     if task not in source.tasks:
         raise DataError(f"{where}, field task_index: task {task} is not in the dataset's tasks")
@@ -300,26 +325,10 @@ def read_episode(source: LeRobotSource, ref: EpisodeRef, data: pa.Table) -> Epis
         instruction=source.tasks[task],
         actions=actions,
         images=images,
-        state=_float_column(table, fmap.state, where) if fmap.state else None,
+        state=state,
         step_ids=np.asarray(table.column("frame_index").to_pylist(), np.int64),
         episode_id=ref.index,
     )
-
-
-def gripper_to_pm1(values: np.ndarray, convention: str) -> np.ndarray:
-    """Gripper values in ``convention`` (``GRIPPER_CONVENTIONS``) -> -1 close / +1 open."""
-    if convention in ("signed", "signed_inverted"):
-        bad = ~np.isfinite(values) | (values == 0)
-        is_open = values > 0
-    else:
-        bad = ~((values >= 0) & (values <= 1))
-        is_open = values >= 0.5
-    if bad.any():
-        raise ValueError(f"value {values[bad][0]} does not fit the {convention!r} convention "
-                         f"({GRIPPER_CONVENTIONS[convention]})")
-    if convention in ("signed_inverted", "close_fraction"):
-        is_open = ~is_open
-    return np.where(is_open, 1.0, -1.0).astype(np.float32)
 
 
 def read_video(segment: VideoSegment, timestamps: np.ndarray, fps: float, what: str, data_file: Path) -> np.ndarray:
@@ -369,7 +378,7 @@ def convert_lerobot(
     cameras: dict[str, str] | None = None,
     action_key: str = "action",
     state_key: str | None = DEFAULT_STATE_KEY,
-    gripper: str = "signed",
+    grippers: list[str] = (),
     val_episodes: int | None = None,
     val_fraction: float = 0.1,
     parallel: int = 0,
@@ -385,7 +394,7 @@ def convert_lerobot(
     folder = Path(source)
     info, version = load_info(folder)
     features = map_features(info, folder / INFO_FILE, cameras=cameras, action_key=action_key, state_key=state_key,
-                            gripper=gripper)
+                            grippers=list(grippers))
     if features.videos:
         _import_av()
     episodes = list_episodes(folder, info, version, features)
@@ -396,13 +405,15 @@ def convert_lerobot(
     lerobot = LeRobotSource(float(_info_field(info, folder, "fps")), read_tasks(folder, version),
                             features)
     work = [(splits[e.index], e) for e in episodes]
-    log.info("%s: LeRobot v%d, %d episodes (%d val), cameras %s", folder, version, len(work),
-             sum(split == "val" for split, _ in work), features.cameras)
+    log.info("%s: LeRobot v%d, %d episodes (%d val), cameras %s, actions: %s, state: %s", folder, version,
+             len(work), sum(split == "val" for split, _ in work), features.cameras, features.action_space.describe(),
+             features.state_dim or "none")
     jobs_n = max(parallel, 1)
     per_job = -(-len(work) // jobs_n)  # contiguous runs of episodes, so a job reads a data file once
     jobs = [partial(_episodes, lerobot, work[i * per_job:(i + 1) * per_job]) for i in range(jobs_n)]
     return write_dataset(root, jobs, list(features.cameras), parallel=parallel > 1, source="lerobot",
-                         desc="lerobot", image_encoding=image_encoding, max_shard_bytes=max_shard_bytes)
+                         desc="lerobot", image_encoding=image_encoding, max_shard_bytes=max_shard_bytes,
+                         action_space=features.action_space, state_names=features.state_names)
 
 
 def _import_av():

@@ -3,7 +3,8 @@
 With ``action_noise`` > 0 the demonstrations are DART-style (Laskey et al., 2017): the motion
 executed is the expert's plus Gaussian noise, the action recorded is the expert's own. The
 demonstrations then show how to come back from the small errors a learned policy makes, which
-expert-only rollouts never visit.
+expert-only rollouts never visit. ``show_gripper=False`` writes the hidden-state variant
+(``vla.sim.env``: the gripper is only in the state), recorded as ``source: synthetic-hidden-state``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from vla.data.writer import write_dataset
 from vla.sim import SimConfig, SyntheticEnv
 
 CAMERAS = ["static", "wrist"]
+HIDDEN_STATE_SOURCE = "synthetic-hidden-state"
 
 
 def rollout(env: SyntheticEnv, seed: int, action_noise: float = 0.0) -> Episode:
@@ -65,6 +67,7 @@ def convert_synthetic(
     parallel: int = 0,
     action_noise: float = 0.0,
     max_shard_bytes: int | None = None,
+    show_gripper: bool = True,
 ) -> DatasetMetadata:
     """Write ``episodes`` training and ``val_episodes`` validation demonstrations into ``root``.
 
@@ -79,10 +82,12 @@ def convert_synthetic(
             raise DataError(f"{name}: must be >= {minimum}, got {value}")
     if not 0 <= action_noise <= 1:
         raise DataError(f"action_noise: must be in [0, 1], got {action_noise}")
-    sim = SimConfig(image_size=image_size)
+    sim = SimConfig(image_size=image_size, show_gripper=show_gripper)
     seeds = [("train", seed + i) for i in range(episodes)]
     seeds += [("val", seed + episodes + i) for i in range(val_episodes)]
     jobs_n = max(parallel, 1)
     jobs = [partial(_episodes, seeds[i::jobs_n], sim, action_noise) for i in range(jobs_n)]
-    return write_dataset(root, jobs, CAMERAS, parallel=parallel > 1, source="synthetic",
-                         desc="synthetic", max_shard_bytes=max_shard_bytes)
+    return write_dataset(root, jobs, CAMERAS, parallel=parallel > 1,
+                         source="synthetic" if show_gripper else HIDDEN_STATE_SOURCE,
+                         desc="synthetic", max_shard_bytes=max_shard_bytes,
+                         state_names=["x", "y", "z", "gripper"])
