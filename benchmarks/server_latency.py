@@ -31,8 +31,9 @@ TINY = ["model.tiny_hidden_size=32", "model.tiny_num_layers=1", "model.window_si
         "model.head_hidden_size=32", "model.head_num_layers=1"]
 
 
-def tiny_export(directory: str) -> str:
-    cfg = load_config(None, TINY)
+def tiny_export(directory: str, overrides: list[str] = TINY) -> str:
+    """An untrained export of ``overrides``' model (unit action statistics: normalization is the identity)."""
+    cfg = load_config(None, overrides)
     torch.manual_seed(0)
     stats = ActionStats(count=1, min=[-1.0] * 7, max=[1.0] * 7, mean=[0.0] * 7, std=[1.0] * 7,
                         q01=[-1.0] * 7, q99=[1.0] * 7)

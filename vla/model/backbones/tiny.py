@@ -94,19 +94,9 @@ def tiny_kosmos2(spec: TinySpec) -> PretrainedConfig:
 def tiny_llava(spec: TinySpec) -> PretrainedConfig:
     tower = spec.vision_tower
     vision = _clip_like_vision(spec, "clip_vision_model" if tower == "clip" else "siglip_vision_model")
-    text = {
-        "model_type": "llama",
-        "vocab_size": spec.vocab_size,
-        "hidden_size": spec.hidden,
-        "intermediate_size": 2 * spec.hidden,
-        "num_hidden_layers": spec.layers,
-        "num_attention_heads": spec.heads,
-        "num_key_value_heads": spec.heads,
-        **spec.tokens,
-    }
     return LlavaConfig(
         vision_config=vision,
-        text_config=text,
+        text_config=_llama_text(spec),
         image_token_id=spec.vocab_size,
         vision_feature_select_strategy="default" if tower == "clip" else "full",
         vision_feature_layer=-2 if tower == "clip" else -1,
@@ -114,9 +104,12 @@ def tiny_llava(spec: TinySpec) -> PretrainedConfig:
     )
 
 
-def _qwen_text(spec: TinySpec) -> dict:
-    head_dim = spec.hidden // spec.heads
-    quarter = head_dim // 4
+def _llama_text(spec: TinySpec) -> dict:
+    """A Llama LM of the tiny shape (LLaVA's and SmolVLM2's), with the tokens' ids."""
+    return {"model_type": "llama", **_decoder_sizes(spec), **spec.tokens}
+
+
+def _decoder_sizes(spec: TinySpec) -> dict:
     return {
         "vocab_size": spec.vocab_size,
         "hidden_size": spec.hidden,
@@ -124,6 +117,14 @@ def _qwen_text(spec: TinySpec) -> dict:
         "num_hidden_layers": spec.layers,
         "num_attention_heads": spec.heads,
         "num_key_value_heads": spec.heads,
+    }
+
+
+def _qwen_text(spec: TinySpec) -> dict:
+    head_dim = spec.hidden // spec.heads
+    quarter = head_dim // 4
+    return {
+        **_decoder_sizes(spec),
         "rope_parameters": {
             "rope_type": "default",
             "rope_theta": 10000.0,
@@ -175,17 +176,7 @@ def tiny_qwen2_5_vl(spec: TinySpec) -> PretrainedConfig:
 def tiny_smolvlm2(spec: TinySpec) -> PretrainedConfig:
     """SmolVLM2's shape: a SigLIP-style tower, a pixel shuffle of 2 (4 patches per LM token), a Llama LM."""
     vision = _clip_like_vision(spec, "smolvlm_vision")
-    text = {
-        "model_type": "llama",
-        "vocab_size": spec.vocab_size,
-        "hidden_size": spec.hidden,
-        "intermediate_size": 2 * spec.hidden,
-        "num_hidden_layers": spec.layers,
-        "num_attention_heads": spec.heads,
-        "num_key_value_heads": spec.heads,
-        **spec.tokens,
-    }
-    return SmolVLMConfig(vision_config=vision, text_config=text, scale_factor=2, image_token_id=spec.vocab_size,
+    return SmolVLMConfig(vision_config=vision, text_config=_llama_text(spec), scale_factor=2, image_token_id=spec.vocab_size,
                          **spec.tokens)
 
 
