@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import yaml
 
-from server_latency import tiny_export  # benchmarks/, on the path when this script runs
+from server_latency import demo_export  # benchmarks/, on the path when this script runs
 
 from vla.policy import Policy
 
@@ -43,7 +43,7 @@ def main() -> None:
     torch.set_num_threads(1)
     presets = yaml.safe_load(SPACE.read_text())["presets"]
     root = Path(tempfile.mkdtemp(prefix="vla_head_latency_"))
-    policies = {name: Policy.load(tiny_export(str(root / name), [f"{k}={v}" for k, v in overrides.items()]))
+    policies = {name: Policy.load(demo_export(str(root / name), [f"{k}={v}" for k, v in overrides.items()]))
                 for name, overrides in presets.items()}
     rng = np.random.default_rng(0)
     first = next(iter(policies.values()))

@@ -56,6 +56,7 @@ from vla.data.metadata import (
     save_metadata,
 )
 from vla.data.stats import compute_stats
+from vla.ray_init import start_or_join_ray
 
 DEFAULT_SHARD_BYTES = 256 << 20
 ROW_GROUP_BYTES = 4 << 20  # a decode task reads the whole row group holding its episode
@@ -376,8 +377,7 @@ def write_dataset(
 
     import ray
 
-    if not ray.is_initialized():  # only now, once every argument has been checked
-        ray.init(log_to_driver=False)
+    start_or_join_ray(log_to_driver=False)  # only now, once every argument has been checked
     staging = root if is_uri(root) else staging_folder(root)
     fs, path = open_root(staging)
     try:

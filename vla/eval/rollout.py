@@ -1,7 +1,7 @@
 """Closed-loop rollouts on the built-in ``SyntheticEnv``, spread over Ray tasks.
 
 A policy here is anything with ``reset(env_index=None)`` and ``act_batch(observations) -> [E, 7]``
-(``vla.policy.Policy``, ``PolicyClient``, or the baselines below). Each Ray task builds its
+(``vla.policy.Policy`` trained on the task's 7-DOF arm, or the baselines below). Each Ray task builds its
 policy from a picklable factory and steps its share of the episodes in lockstep, so a trained
 policy encodes all of its environments' frames in one forward pass per step.
 """

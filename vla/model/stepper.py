@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
+
 import torch
 
 from vla.model.heads import join_actions
@@ -26,6 +29,7 @@ class ActionStepper:
         self.window_size = model.config.window_size
         # per environment, per frame: features [latent, hidden] and the state [state_dim] (or None)
         self._history: list[list[tuple[torch.Tensor, torch.Tensor | None]]] = []
+        self._sessions: dict[Hashable, list[tuple[torch.Tensor, torch.Tensor | None]]] = {}  # ``sessions``
 
     def reset(self, env_index: int | None = None) -> None:
         """Forget the history of every environment (the count may then change), or of ``env_index`` only."""
@@ -33,6 +37,22 @@ class ActionStepper:
             self._history = []
         elif env_index < len(self._history):
             self._history[env_index] = []
+
+    @contextmanager
+    def sessions(self, keys: list[Hashable]) -> Iterator[None]:
+        """Within the block, ``step``'s environment ``i`` is the session ``keys[i]``: its own history,
+        kept across blocks until ``end_session`` (a new key starts empty). Any subset of the open
+        sessions, in any order, steps in one forward pass; the positional environments are untouched.
+        """
+        saved, self._history = self._history, [self._sessions.setdefault(key, []) for key in keys]
+        try:
+            yield
+        finally:
+            self._history = saved
+
+    def end_session(self, key: Hashable) -> None:
+        """Forget the history of session ``key`` (its next step starts a new episode)."""
+        self._sessions.pop(key, None)
 
     @torch.no_grad()
     def step(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -16,6 +16,7 @@ re-run from a zero state over them; ``act`` executes the first predicted step,
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,3 +160,13 @@ class Policy:
         grippers = list(self.action_space.binary_grippers)
         actions[..., grippers] = np.where(actions[..., grippers] > 0, 1.0, -1.0)
         return self.normalization.action.unnormalize(actions).astype(np.float32)
+
+    def act_chunk_sessions(self, keys: list[Hashable], observations: list[Observation]) -> np.ndarray:
+        """``act_chunk_batch`` where observation ``i`` continues session ``keys[i]``'s history
+        (``ActionStepper.sessions``): one forward pass for any subset of sessions. ``[E, N, D]``."""
+        with self.stepper.sessions(keys):
+            return self.act_chunk_batch(observations)
+
+    def end_session(self, key: Hashable) -> None:
+        """Forget session ``key``'s history."""
+        self.stepper.end_session(key)

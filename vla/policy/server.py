@@ -1,319 +1,180 @@
-"""A policy server worth putting on a robot: per-client sessions, strict requests, JSON or msgpack.
+"""A policy behind a Ray Serve application that speaks openpi's websocket protocol.
 
-    python pipelines/serve.py --export ~/vla_runs/demo/export --port 8000 --token SECRET
+    python pipelines/serve.py --export ~/vla_runs/demo/export --port 8000     # local Ray
+    serve deploy configs/serve/policy.yaml                                  # a Ray cluster
 
-    server = PolicyServer(Policy.load(export_dir), port=8000, token="SECRET").start()
-    client = PolicyClient("http://127.0.0.1:8000", token="SECRET", transport="msgpack")
-    action = client.act(observation)          # the Policy API, remotely, in the client's own session
+A robot connects to ``ws://HOST:PORT/`` with ``openpi_client``'s ``WebsocketClientPolicy(HOST, PORT)``:
 
-Requests (POST; ``Content-Type: application/json`` or ``application/msgpack``, answered alike):
-    /session  {}                                            -> {"session": id}
-    /act      {"session": id, "observations": [obs, ...]}   -> {"actions": [[7 floats], ...]}
-    /reset    {"session": id, "env_index": int | null}      -> {}
-    /close    {"session": id}                               -> {}
-An observation is ``{"images": {camera: image}, "instruction": str}``; an image is
-``{"shape": [H, W, 3], "data": bytes}`` of uint8 RGB (base64 text in JSON, raw bytes in msgpack).
+- on connect the server sends one binary msgpack frame of metadata (``protocol.metadata``);
+- each binary frame from the client is an observation (``protocol.parse_observation``), arrays
+  in openpi's msgpack_numpy encoding (``vla.policy.msgpack_numpy``); it is answered with one
+  binary frame ``{"actions": [N, D] float32}``, the whole predicted chunk;
+- a malformed or oversized frame is answered with a text frame naming the field, then the
+  connection closes (1011; 1009 when too large); other connections are unaffected;
+- with ``api_key_env`` set, the handshake needs ``Authorization: Api-Key <key>`` (the key read
+  from that environment variable on the replica), otherwise it is refused (HTTP 403).
 
-Every session holds its own policy state (its environments' histories): no client can disturb
-another's. Every malformed request gets a 4xx whose ``error`` names the field and what was
-expected; a body over ``max_body_bytes`` is refused unread (413), one shorter than its
-``Content-Length`` times out after ``read_timeout_s`` (408) on its own connection thread, so no
-client ties up the server. With ``token`` every request needs ``Authorization: Bearer <token>``.
+A connection is a session: its own policy history (``Policy.act_chunk_sessions``), forgotten
+when it closes or when an observation carries ``"reset": true``. Observations arriving from
+many connections are stepped together in one forward pass (``@serve.batch``), each session
+keeping its own history; a connection takes part in a batch only once its whole frame has
+arrived, and each answer is sent on its own connection, so a slow or dead client holds up
+nobody. ``GET /healthz`` answers from the same application.
 """
 
-from __future__ import annotations
-
-import base64
-import binascii
-import copy
+import asyncio
 import hmac
-import json
-import secrets
-import socket
-import threading
-import urllib.request
-from collections import OrderedDict
+import os
+import uuid
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any
 
-import msgpack
 import numpy as np
+from fastapi import FastAPI, WebSocket
+from ray import serve
+from ray.serve import Application
 
-from vla.model import ActionStepper
+from vla.configuration import check, from_dict
+from vla.policy.msgpack_numpy import WireError, packb, unpackb
 from vla.policy.policy import Observation, Policy
+from vla.policy.protocol import ObservationError, metadata, parse_observation
 
-ROUTES = ("/session", "/act", "/reset", "/close")
-JSON, MSGPACK = "application/json", "application/msgpack"
-MAX_BODY_BYTES = 16 << 20  # 2 x 224 px RGB frames are ~0.4 MB in msgpack, ~0.55 MB in JSON
-MAX_SESSIONS = 256  # the least recently used session is closed beyond this
-
-
-class RequestError(Exception):
-    """A request the server refuses: HTTP ``status`` and a message naming the field."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+APP_NAME = "vla-policy"
+PROXY_FRAME_LIMIT_MB = 16.0  # the Serve proxy's own websocket limit (uvicorn's default)
+INTERNAL_ERROR, POLICY_VIOLATION, TOO_BIG = 1011, 1008, 1009  # websocket close codes
 
 
-def bad(field: str, expected: str, got: Any = None) -> RequestError:
-    shown = "" if got is None else f", got {got!r}"[:200]
-    return RequestError(400, f"{field}: expected {expected}{shown}")
+@dataclass
+class ServeConfig:
+    """One replica's settings (the ``args`` of a ``serve deploy`` config)."""
 
+    export: str = ""  # the policy export folder (local path or s3://)
+    device: str = "cpu"  # torch device of each replica's policy (cuda: one GPU per replica)
+    replicas: int = 1  # copies of the policy, each behind the same endpoint
+    max_batch: int = 32  # observations stepped in one forward pass, at most
+    batch_wait_ms: float = 0.0  # how long a batch waits for more observations once one arrived
+    max_connections: int = 256  # robots connected to one replica at once (each is an ongoing request)
+    max_frame_mb: float = 8.0  # larger observation frames are refused (2 x 224 px RGB is ~0.3 MB)
+    api_key_env: str | None = None  # the environment variable holding the API key; None: no auth
 
-def encode_image(image: np.ndarray, binary: bool) -> dict:
-    data = np.ascontiguousarray(image, np.uint8).tobytes()
-    return {"shape": list(np.shape(image)), "data": data if binary else base64.b64encode(data).decode()}
-
-
-def encode_observation(obs: Observation, binary: bool = False) -> dict:
-    return {"images": {camera: encode_image(image, binary) for camera, image in obs["images"].items()},
-            "instruction": obs["instruction"]}
-
-
-def decode_image(value: Any, field: str) -> np.ndarray:
-    """One image of a request, checked: ``[H, W, 3]`` uint8 RGB with H, W >= 1 and matching bytes."""
-    if not isinstance(value, dict) or "shape" not in value or "data" not in value:
-        raise bad(field, 'an image {"shape": [H, W, 3], "data": ...}', type(value).__name__)
-    shape = value["shape"]
-    if not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in shape):
-        raise bad(f"{field}.shape", "a list of integers [H, W, 3]", shape)
-    if len(shape) != 3:
-        raise bad(f"{field}.shape", "[H, W, 3] (a color image; 2-D grayscale is not accepted)", shape)
-    if shape[2] != 3:
-        hint = " (channels first? send [H, W, 3])" if shape[0] in (1, 3, 4) else ""
-        raise bad(f"{field}.shape", f"3 channels (RGB) last{hint}", shape)
-    if shape[0] < 1 or shape[1] < 1:
-        raise bad(f"{field}.shape", "H >= 1 and W >= 1", shape)
-    data = value["data"]
-    if isinstance(data, str):
-        try:
-            data = base64.b64decode(data, validate=True)
-        except (binascii.Error, ValueError):
-            raise bad(f"{field}.data", "base64 of the uint8 pixels") from None
-    if not isinstance(data, bytes):
-        raise bad(f"{field}.data", "the uint8 pixels (base64 in JSON, bytes in msgpack)", type(data).__name__)
-    if len(data) != shape[0] * shape[1] * 3:
-        raise bad(f"{field}.data", f"{shape[0] * shape[1] * 3} bytes for shape {shape}", f"{len(data)} bytes")
-    return np.frombuffer(data, np.uint8).reshape(shape)
-
-
-def decode_observation(value: Any, field: str, cameras: list[str]) -> Observation:
-    """One observation of a request, checked against the policy's cameras."""
-    if not isinstance(value, dict):
-        raise bad(field, 'an observation {"images": {...}, "instruction": "..."}', type(value).__name__)
-    images = value.get("images")
-    if not isinstance(images, dict):
-        raise bad(f"{field}.images", f"a mapping of the cameras {cameras} to images", type(images).__name__)
-    missing, extra = [c for c in cameras if c not in images], sorted(set(images) - set(cameras))
-    if missing or extra:
-        raise bad(f"{field}.images", f"exactly the cameras {cameras}", sorted(images))
-    instruction = value.get("instruction")
-    if not isinstance(instruction, str) or not instruction.strip():
-        raise bad(f"{field}.instruction", "a non-empty instruction", instruction)
-    return {"images": {c: decode_image(images[c], f"{field}.images.{c}") for c in cameras},
-            "instruction": instruction}
-
-
-def session_policy(policy: Policy) -> Policy:
-    """A policy that shares ``policy``'s model but holds a state (histories) of its own."""
-    session = copy.copy(policy)
-    session.stepper = ActionStepper(policy.model)  # the histories live in the stepper
-    return session
-
-
-class PolicyServer:
-    """Serves ``policy`` over HTTP in background threads; ``port=0`` picks a free port."""
-
-    def __init__(self, policy: Policy, host: str = "127.0.0.1", port: int = 0, *, token: str | None = None,
-                 max_body_bytes: int = MAX_BODY_BYTES, read_timeout_s: float = 10.0,
-                 max_sessions: int = MAX_SESSIONS):
-        self.policy = policy
-        self.cameras = list(policy.preprocessor.cameras)
-        self.token, self.max_body_bytes, self.max_sessions = token, max_body_bytes, max_sessions
-        self.read_timeout_s = read_timeout_s
-        self._sessions: OrderedDict[str, Policy] = OrderedDict()
-        self._lock = threading.Lock()  # sessions and the model: one inference at a time
-        # Every model call runs on this one long-lived thread: torch's per-thread pools are set up
-        # once, not for each connection's new thread (that cost ~250 ms per request on 2 cores).
-        self._inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
-        self._http = ThreadingHTTPServer((host, port), self._handler())
-        self._http.daemon_threads = True
-        self._thread: threading.Thread | None = None
+    def validate(self) -> None:
+        check(bool(self.export), "export", "must name a policy export folder")
+        check(self.replicas >= 1, "replicas", "must be >= 1")
+        check(self.max_batch >= 1, "max_batch", "must be >= 1")
+        check(self.batch_wait_ms >= 0, "batch_wait_ms", "must be >= 0")
+        check(self.max_connections >= self.max_batch, "max_connections", "must be >= max_batch")
+        check(0 < self.max_frame_mb <= PROXY_FRAME_LIMIT_MB, "max_frame_mb",
+              f"must be in (0, {PROXY_FRAME_LIMIT_MB}] (the Serve proxy's own limit)")
+        check(self.api_key_env is None or bool(self.api_key_env), "api_key_env", "must be null or a variable name")
 
     @property
-    def url(self) -> str:
-        host, port = self._http.server_address[:2]
-        return f"http://{host}:{port}"
+    def max_frame_bytes(self) -> int:
+        return int(self.max_frame_mb * 2**20)
 
-    def start(self) -> PolicyServer:
-        self._thread = threading.Thread(target=self._http.serve_forever, daemon=True)
-        self._thread.start()
-        return self
 
-    def serve_forever(self) -> None:
-        self._http.serve_forever()
+class FrameError(ValueError):
+    """A frame refused before it is decoded; ``code`` is the websocket close code."""
 
-    def stop(self) -> None:
-        self._http.shutdown()
-        self._http.server_close()
-        self._inference.shutdown()
+    def __init__(self, message: str, code: int = INTERNAL_ERROR):
+        super().__init__(message)
+        self.code = code
 
-    def _session(self, body: dict) -> tuple[str, Policy]:
-        session_id = body.get("session")
-        if not isinstance(session_id, str):
-            raise bad("session", "the id POST /session returned", session_id)
-        session = self._sessions.get(session_id)
-        if session is None:
-            raise RequestError(404, f"session: {session_id!r} is not open (closed, or evicted after "
-                                    f"{self.max_sessions} newer sessions); open one with POST /session")
-        self._sessions.move_to_end(session_id)
-        return session_id, session
 
-    def handle(self, path: str, body: Any) -> dict:
-        """Answer one decoded request; ``RequestError`` for anything malformed."""
-        if not isinstance(body, dict):
-            raise bad("body", "a mapping", type(body).__name__)
-        with self._lock:
-            if path == "/session":
-                session_id = secrets.token_hex(8)
-                self._sessions[session_id] = session_policy(self.policy)
-                while len(self._sessions) > self.max_sessions:
-                    self._sessions.popitem(last=False)
-                return {"session": session_id}
-            session_id, session = self._session(body)
-            if path == "/close":
-                del self._sessions[session_id]
-                return {}
-            if path == "/reset":
-                return self._reset(session, body.get("env_index"))
-            return self._act(session, body.get("observations"))
+@dataclass
+class Step:
+    """One observation waiting for the batch: the session it continues and what to feed."""
 
-    def _reset(self, session: Policy, env_index: Any) -> dict:
-        if env_index is not None and (not isinstance(env_index, int) or isinstance(env_index, bool) or env_index < 0):
-            raise bad("env_index", "null (every environment) or an integer >= 0", env_index)
-        session.reset(env_index)
-        return {}
+    session: str
+    observation: Observation
 
-    def _act(self, session: Policy, observations: Any) -> dict:
-        if not isinstance(observations, list) or not observations:
-            raise bad("observations", "a non-empty list of observations", observations)
-        decoded = [decode_observation(obs, f"observations[{i}]", self.cameras) for i, obs in enumerate(observations)]
+
+fastapi_app = FastAPI()
+
+
+@serve.deployment(name="PolicyDeployment")
+@serve.ingress(fastapi_app)
+class PolicyDeployment:
+    def __init__(self, config: ServeConfig):
+        config.validate()
+        self.config = config
+        self.api_key = os.environ.get(config.api_key_env) if config.api_key_env else None
+        if config.api_key_env and not self.api_key:
+            raise ValueError(f"api_key_env: ${config.api_key_env} is not set on this replica's node")
+        self.policy = Policy.load(config.export, device=config.device)
+        self.metadata_frame = packb(metadata(self.policy))
+        self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="policy")
+        self.forward_passes = self.observations = 0
+        self.step.set_max_batch_size(config.max_batch)
+        self.step.set_batch_wait_timeout_s(config.batch_wait_ms / 1000)
+
+    @fastapi_app.get("/healthz")
+    def healthz(self) -> dict:
+        """Liveness, and this replica's counts since it started (observations / forward passes = mean batch)."""
+        return {"status": "ok", "forward_passes": self.forward_passes, "observations": self.observations}
+
+    @fastapi_app.websocket("/")
+    async def connect(self, websocket: WebSocket) -> None:
+        if not self.authorized(websocket.headers.get("authorization", "")):
+            await websocket.close(code=POLICY_VIOLATION)  # before accept: the handshake gets HTTP 403
+            return
+        await websocket.accept()
+        session = uuid.uuid4().hex
         try:
-            actions = self._inference.submit(session.act_batch, decoded).result()
-        except ValueError as err:  # a batch of another size than the session's environments
-            raise RequestError(409, f"observations: {err}") from None
-        return {"actions": actions.tolist()}
+            await websocket.send_bytes(self.metadata_frame)
+            while (frame := await self.receive(websocket)) is not None:
+                observation, reset = parse_observation(unpackb(frame), self.policy)
+                if reset:
+                    self.policy.end_session(session)
+                actions = await self.step(Step(session, observation))
+                await websocket.send_bytes(packb({"actions": actions}))
+        except (FrameError, WireError, ObservationError) as err:
+            await self.refuse(websocket, str(err), getattr(err, "code", INTERNAL_ERROR))
+        except Exception as err:  # a fault of the server (or a client gone mid-answer): this connection only
+            await self.refuse(websocket, f"server error: {type(err).__name__}: {err}", INTERNAL_ERROR)
+        finally:
+            self.policy.end_session(session)
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
+    def authorized(self, header: str) -> bool:
+        return self.api_key is None or hmac.compare_digest(header.encode(), f"Api-Key {self.api_key}".encode())
 
-        class Handler(BaseHTTPRequestHandler):
-            timeout = server.read_timeout_s  # a body shorter than Content-Length times out
+    async def receive(self, websocket: WebSocket) -> bytes | None:
+        """The next binary frame, or None once the client has gone."""
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return None
+        frame = message.get("bytes")
+        if frame is None:
+            raise FrameError("frame: expected a binary msgpack frame, got text")
+        if len(frame) > self.config.max_frame_bytes:
+            raise FrameError(f"frame: {len(frame)} bytes, over the server's limit of "
+                             f"{self.config.max_frame_bytes} bytes", TOO_BIG)
+        return frame
 
-            def setup(self) -> None:
-                super().setup()  # headers and body go out in two writes: no Nagle delay between them
-                self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    @staticmethod
+    async def refuse(websocket: WebSocket, message: str, code: int) -> None:
+        """A text frame with ``message``, then close with ``code``; a client already gone is let go."""
+        try:
+            await websocket.send_text(message)
+            await websocket.close(code=code)
+        except Exception:  # the connection is already closed: nobody left to tell
+            pass
 
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                content_type = JSON
-                try:
-                    content_type = MSGPACK if self.headers.get("Content-Type", "").startswith(MSGPACK) else JSON
-                    body = self._read_body(content_type)
-                    status, reply = 200, server.handle(self.path, body)
-                except RequestError as err:
-                    status, reply = err.status, {"error": str(err)}
-                except TimeoutError:
-                    status, reply = 408, {"error": f"body: not received within {server.read_timeout_s} s "
-                                                   "(shorter than its Content-Length?)"}
-                    self.close_connection = True
-                except Exception as err:  # a server fault: answered, never a dropped connection
-                    status, reply = 500, {"error": f"{type(err).__name__}: {err}"}
-                self._send(status, reply, content_type)
-
-            def _read_body(self, content_type: str) -> Any:
-                if server.token is not None:
-                    given = self.headers.get("Authorization", "")
-                    if not hmac.compare_digest(given.encode(), f"Bearer {server.token}".encode()):
-                        raise RequestError(401, "Authorization: expected 'Bearer <token>' with the server's token")
-                if self.path not in ROUTES:
-                    raise RequestError(404, f"path: {self.path} is not a route ({', '.join(ROUTES)})")
-                length = self.headers.get("Content-Length")
-                if length is None or not length.isdigit():
-                    raise RequestError(411, f"Content-Length: expected the body's size in bytes, got {length!r}")
-                if int(length) > server.max_body_bytes:
-                    self.close_connection = True  # the body is never read
-                    raise RequestError(413, f"body: expected at most {server.max_body_bytes} bytes, got {length}")
-                raw = self.rfile.read(int(length))
-                if len(raw) < int(length):
-                    self.close_connection = True
-                    raise RequestError(400, f"body: {len(raw)} bytes received, Content-Length says {length}")
-                try:
-                    if content_type == MSGPACK:
-                        return msgpack.unpackb(raw, raw=False) if raw else {}
-                    return json.loads(raw) if raw else {}
-                except (ValueError, msgpack.UnpackException) as err:
-                    raise bad("body", "JSON" if content_type == JSON else "msgpack", str(err)) from None
-
-            def _send(self, status: int, reply: dict, content_type: str) -> None:
-                data = msgpack.packb(reply) if content_type == MSGPACK else json.dumps(reply).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", content_type)
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:  # the client went away
-                    self.close_connection = True
-
-            def log_message(self, format: str, *args) -> None:  # requests are not logged
-                return
-
-        return Handler
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.0)
+    async def step(self, steps: list[Step]) -> list[np.ndarray]:
+        """The observations of many sessions in one forward pass (on the model's own thread)."""
+        chunks = await asyncio.get_running_loop().run_in_executor(
+            self._model_thread, self.policy.act_chunk_sessions,
+            [s.session for s in steps], [s.observation for s in steps])
+        self.forward_passes += 1
+        self.observations += len(steps)
+        return list(chunks.astype(np.float32))
 
 
-class PolicyClient:
-    """The ``Policy`` API (``reset``, ``act``, ``act_batch``) over a ``PolicyServer``, in a session
-    of its own (opened on first use). ``transport``: "json" or "msgpack"."""
-
-    def __init__(self, url: str, timeout: float = 30.0, *, token: str | None = None, transport: str = "json"):
-        if transport not in ("json", "msgpack"):
-            raise ValueError(f"transport: expected 'json' or 'msgpack', got {transport!r}")
-        self.url = url.rstrip("/")
-        self.timeout = timeout
-        self.token = token
-        self.binary = transport == "msgpack"
-        self.session: str | None = None
-
-    def _post(self, path: str, body: dict) -> dict:
-        content_type = MSGPACK if self.binary else JSON
-        data = msgpack.packb(body) if self.binary else json.dumps(body).encode()
-        headers = {"Content-Type": content_type}
-        if self.token is not None:
-            headers["Authorization"] = f"Bearer {self.token}"
-        request = urllib.request.Request(self.url + path, data=data, headers=headers)
-        with urllib.request.urlopen(request, timeout=self.timeout) as response:
-            raw = response.read()
-        return msgpack.unpackb(raw, raw=False) if self.binary else json.loads(raw)
-
-    def _session_id(self) -> str:
-        if self.session is None:
-            self.session = self._post("/session", {})["session"]
-        return self.session
-
-    def reset(self, env_index: int | None = None) -> None:
-        self._post("/reset", {"session": self._session_id(), "env_index": env_index})
-
-    def act(self, observation: Observation) -> np.ndarray:
-        return self.act_batch([observation])[0]
-
-    def act_batch(self, observations: list[Observation]) -> np.ndarray:
-        body = {"session": self._session_id(),
-                "observations": [encode_observation(obs, self.binary) for obs in observations]}
-        return np.asarray(self._post("/act", body)["actions"], np.float32)
-
-    def close(self) -> None:
-        if self.session is not None:
-            self._post("/close", {"session": self.session})
-            self.session = None
+def build_app(args: dict[str, Any]) -> Application:
+    """The application of ``serve deploy`` (``import_path: vla.policy.server:build_app``, ``args``
+    the ``ServeConfig`` fields); an unknown or bad argument fails here, naming it."""
+    config = from_dict(ServeConfig, dict(args))  # validated
+    gpus = 1 if config.device.startswith("cuda") else 0
+    return PolicyDeployment.options(num_replicas=config.replicas, max_ongoing_requests=config.max_connections,
+                                    ray_actor_options={"num_cpus": 1, "num_gpus": gpus}).bind(config)

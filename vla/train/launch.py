@@ -28,6 +28,7 @@ from vla.data.converters.synthetic import convert_synthetic
 from vla.data.metadata import METADATA_FILE
 from vla.data.pipeline import DataSpec
 from vla.model import build_tokenizer, run_image_size
+from vla.ray_init import start_or_join_ray
 from vla.model.export import RUN_CONFIG_FILE, run_files
 from vla.train.checkpoint import set_aside_stale_ray_snapshot
 from vla.train.config import TrainConfig
@@ -89,8 +90,7 @@ def with_demo_data(cfg: Config) -> Config:
 
 def ensure_ray() -> None:
     """Join the cluster at ``RAY_ADDRESS`` if there is one, else start a local Ray instance."""
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True)
+    start_or_join_ray(log_to_driver=True)
 
 
 @dataclass

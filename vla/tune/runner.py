@@ -21,6 +21,7 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
 from vla.config import Config, resolve_config
 from vla.train.config import TrainConfig
+from vla.ray_init import start_or_join_ray
 from vla.train.launch import build_trainer, ensure_ray, total_steps_of, with_demo_data
 from vla.train.storage import exists, normalize_storage_path, read_bytes, run_path, write_bytes
 from vla.tune.scoring import SweepReportCallback, finished_step, score_checkpoint
@@ -75,7 +76,7 @@ def start_ray(need: dict[str, float]) -> None:
     if not ray.is_initialized() and not os.environ.get("RAY_ADDRESS"):
         cpus = local_cpus(need, os.cpu_count() or 1)
         log.info("starting a local Ray instance with %d logical CPUs", cpus)
-        ray.init(num_cpus=cpus, log_to_driver=True)
+        start_or_join_ray(num_cpus=cpus, log_to_driver=True)
     ensure_ray()
 
 
