@@ -2,8 +2,8 @@
 
     nice -n 10 python benchmarks/head_latency.py [--requests 50] [--envs 8]
 
-For each preset of tune_spaces/heads.yaml the demo's model (configs/demo.yaml: tiny PaliGemma,
-hidden 128, 2 cameras at 32 px) is built with that head (untrained: the latency does not depend
+Run from the repository root. For each preset of tune_spaces/heads.yaml the demo's model
+(configs/demo.yaml: tiny PaliGemma, hidden 128, 2 cameras at 32 px) is built with that head (untrained: the latency does not depend
 on the weights), exported and loaded with ``Policy.load``. Prints the median and p90 milliseconds
 of ``Policy.act`` (one environment, one frame) and of ``Policy.act_chunk_batch`` over ``--envs``
 environments, calls interleaved across heads so that load changes on a shared machine hit every
