@@ -36,6 +36,7 @@ from vla.policy import Policy
 from vla.sim import SimConfig
 from vla.train.launch import DEMO_ACTION_NOISE, DEMO_EPISODES, with_data_spec
 from vla.train.schedule import build_scheduler
+from vla.train.step import forward_loss
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
@@ -73,8 +74,7 @@ def train_plainly(cfg: Config, windows: dict[str, torch.Tensor]) -> torch.nn.Mod
     for _ in range(tcfg.max_steps):
         rows = torch.randint(0, count, (batch_size,), generator=generator)  # one draw for every key
         batch = {key: value[rows] for key, value in windows.items()}
-        output = model(batch["images"], batch["input_ids"], batch["attention_mask"], batch.get("state"))
-        loss = model.loss(output, batch["actions"], batch["action_mask"])["loss"]
+        loss = forward_loss(model, batch)["loss"]  # the training step's (the flow head trains on the labels)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)

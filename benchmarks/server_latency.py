@@ -35,8 +35,9 @@ from vla.policy.msgpack_numpy import packb, unpackb
 MODEL = ["model.head=lstm", "model.window_size=4", "model.fwd_pred_next_n=5"]
 
 
-def demo_export(directory: str) -> str:
-    cfg = load_config("configs/demo.yaml", MODEL)
+def demo_export(directory: str, overrides: list[str] = MODEL) -> str:
+    """An untrained export of the demo's model with ``overrides`` (unit statistics: normalization is the identity)."""
+    cfg = load_config("configs/demo.yaml", overrides)
     torch.manual_seed(0)
     stats = ActionStats(count=1, min=[-1.0] * 7, max=[1.0] * 7, mean=[0.0] * 7, std=[1.0] * 7,
                         q01=[-1.0] * 7, q99=[1.0] * 7)

@@ -180,7 +180,7 @@ def worker(rank: int, port: int, shared_dir: str, families: list[str]) -> None:
 @pytest.mark.timeout(240)
 def test_tensor_parallel_equals_the_plain_model_and_checkpoints_cross_over():
     with tempfile.TemporaryDirectory() as shared:
-        mp.spawn(worker, args=(free_port(), shared, ["paligemma", "qwen2vl", "llava"]), nprocs=WORLD, join=True)
+        mp.spawn(worker, args=(free_port(), shared, ["paligemma", "qwen2vl", "llava", "qwen2_5_vl", "smolvlm2", "paligemma2"]), nprocs=WORLD, join=True)
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,9 @@ FAMILIES = [
     pytest.param({"backbone": "llava", "tiny_vision_tower": "clip"}, id="llava-clip"),
     pytest.param({"backbone": "llava", "tiny_vision_tower": "siglip"}, id="llava-siglip"),
     pytest.param({"backbone": "qwen2vl"}, id="qwen2vl"),
+    pytest.param({"backbone": "qwen2_5_vl"}, id="qwen2_5_vl"),
+    pytest.param({"backbone": "smolvlm2"}, id="smolvlm2"),
+    pytest.param({"backbone": "paligemma2"}, id="paligemma2"),
 ]
 
 INSTRUCTIONS = ["pick up the red block", "open the drawer", "lift the pink block from the table and stack it"]

@@ -29,10 +29,14 @@ SPACES = {
 }
 
 
+# Every head; l1_chunk reads one action query token per chunk step (fwd_pred_next_n is 2 here).
+HEADS = {"lstm": {}, "mlp": {}, "l1_chunk": {"latent_num": 2}, "flow": {}}
+
+
 @pytest.mark.parametrize("space", SPACES.values(), ids=SPACES.keys())
-@pytest.mark.parametrize("head", ["lstm", "mlp"])
+@pytest.mark.parametrize("head", HEADS)
 def test_step_api_equals_batched_forward_also_when_sliding(make_model, make_batch, head, space):
-    model = make_model(head=head, **space).eval()  # window_size 3
+    model = make_model(head=head, **HEADS[head], **space).eval()  # window_size 3
     episode = _episode(make_batch, model.config, frames=6)
     state = episode.get("state")
     stepper = ActionStepper(model)

@@ -5,6 +5,7 @@ image size, and an export that a Policy acts with on frames of another size than
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,8 +26,12 @@ from vla.sim import SimConfig, SyntheticEnv
 
 from published import FAMILIES, PADDING_SIDE, SPECIAL_IDS, build_published_folder
 
-TOWER_SIZE = {"paligemma": 224, "kosmos2": 224, "llava": 336, "qwen2vl": 56}  # Qwen2-VL: any multiple of 28
+# Qwen2-VL and Qwen2.5-VL take any multiple of 28; SmolVLM2 one 512 px tile.
+TOWER_SIZE = {"paligemma": 224, "kosmos2": 224, "llava": 336, "qwen2vl": 56, "qwen2_5_vl": 56, "smolvlm2": 512,
+              "paligemma2": 224}
+ANY_SIZE = ("qwen2vl", "qwen2_5_vl")
 MAX_LEN = 16
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.fixture(scope="session")
@@ -151,9 +156,9 @@ def test_forward_and_backward(published_folders, family):
     loss = model.loss(out, actions, torch.ones(1, 2, 1))["loss"]
     loss.backward()
     assert torch.isfinite(loss)
-    decoder = model.backbone.decoder_blocks()[0]
-    for param in [model.action_token, *decoder.parameters()]:
-        assert param.grad is not None and torch.isfinite(param.grad).all()
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert param.grad is not None and torch.isfinite(param.grad).all(), f"{family}: {name}"
     assert model.action_token.grad.abs().sum() > 0
 
 
@@ -163,10 +168,10 @@ def test_run_image_size_is_the_towers_and_a_contradiction_is_logged(published_fo
     with caplog.at_level(logging.WARNING, logger="vla.model"):
         size = run_image_size(cfg)  # reads config.json only
     assert size == TOWER_SIZE[family]
-    overridden = family != "qwen2vl"
+    overridden = family not in ANY_SIZE
     assert ("model.image_size=56 is overridden" in caplog.text) == overridden
-    if family == "qwen2vl":
-        with pytest.raises(ConfigError, match="model.image_size: qwen2vl needs a multiple of 28, got 32"):
+    if family in ANY_SIZE:
+        with pytest.raises(ConfigError, match=f"model.image_size: {family} needs a multiple of 28, got 32"):
             run_image_size(model_config(published_folders[family], family, image_size=32))
     else:
         with pytest.raises(ConfigError, match="model.backbone: qwen2vl expects a 'qwen2_vl' checkpoint"):
@@ -206,3 +211,26 @@ def test_training_windows_hold_right_padded_instructions_with_a_left_padding_tok
     row = Tokenize(tokenizer, MAX_LEN)({"instruction": "pick up the red block"})
     real = int(row["attention_mask"].sum())
     assert 0 < real < MAX_LEN and row["attention_mask"][:real].all()
+
+
+def test_paligemma_and_paligemma2_checkpoints_are_told_apart(published_folders):
+    with pytest.raises(ConfigError, match=r"model.backbone: paligemma expects a 'gemma' LM, but .*paligemma2/config.json "
+                                          r"holds a 'gemma2' one \(model.backbone=paligemma2\)"):
+        run_image_size(model_config(published_folders["paligemma2"], "paligemma"))
+    with pytest.raises(ConfigError, match="model.backbone: paligemma2 expects a 'gemma2' LM"):
+        run_image_size(model_config(published_folders["paligemma"], "paligemma2"))
+
+
+def test_smolvlm2_reads_one_512_px_tile_as_64_tokens(published_models):
+    model, _ = published_models["smolvlm2"]
+    assert model.image_size == 512 and model.backbone.vision_tokens(512) == 64  # 32 x 32 patches, shuffled by 4
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if (CONFIGS / f"calvin_{f}.yaml").is_file()])
+def test_the_fine_tuning_config_builds_its_model_from_the_published_folder(published_folders, family):
+    """configs/calvin_<family>.yaml as shipped, pointed at the (cut-down) published folder."""
+    cfg = load_config(CONFIGS / f"calvin_{family}.yaml", [f"model.pretrained_path={published_folders[family]}",
+                                                          "model.lm_layers=1"])  # the cut folder has 1-2 blocks
+    model = build_model(cfg.model)
+    assert model.backbone.family == family and len(model.backbone.decoder_blocks()) == 1
+    assert model.image_size == run_image_size(cfg.model)

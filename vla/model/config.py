@@ -7,16 +7,17 @@ from typing import Literal
 
 from vla.configuration import check
 
-BACKBONES = ("paligemma", "kosmos2", "llava", "qwen2vl")
-HEADS = ("lstm", "mlp")
+BACKBONES = ("paligemma", "kosmos2", "llava", "qwen2vl", "qwen2_5_vl", "smolvlm2", "paligemma2")
+HEADS = ("lstm", "mlp", "l1_chunk", "flow")
 
 
 @dataclass
 class ModelConfig:
     # Backbone: a VLM family, loaded from a local Hugging Face directory (`pretrained_path`)
     # or, when that is null, built tiny from a config (tests and the demo).
-    backbone: Literal["paligemma", "kosmos2", "llava", "qwen2vl"] = "paligemma"
+    backbone: Literal["paligemma", "kosmos2", "llava", "qwen2vl", "qwen2_5_vl", "smolvlm2", "paligemma2"] = "paligemma"
     pretrained_path: str | None = None
+    lm_layers: int | None = None  # keep only the LM's first K decoder blocks (SmolVLA: 16); null: all
     tiny_hidden_size: int = 64
     tiny_num_layers: int = 2
     tiny_vision_tower: Literal["clip", "siglip"] = "clip"  # tiny LLaVA's tower
@@ -29,10 +30,14 @@ class ModelConfig:
     window_size: int = 8  # T frames of history
     fwd_pred_next_n: int = 1  # N future steps predicted per frame
     # Policy head
-    head: Literal["lstm", "mlp"] = "lstm"
+    # lstm: history, MSE; mlp: per frame, MSE; l1_chunk: per frame, the chunk from latent_num =
+    # fwd_pred_next_n action query tokens, L1 (OpenVLA-OFT); flow: history, flow matching (pi0)
+    head: Literal["lstm", "mlp", "l1_chunk", "flow"] = "lstm"
     head_hidden_size: int = 256
     head_num_layers: int = 2
     head_dropout: float = 0.0
+    flow_steps: int = 10  # Euler steps of the flow head when it acts
+    flow_seed: int = 0  # seeds the flow head's acting noise: the policy is deterministic given it
     # Action space and state, filled from the dataset when a run starts (vla.action_space); the
     # defaults are the 7-DOF arm without state (what exports written before them hold)
     action_dim: int = 7
@@ -55,6 +60,7 @@ class ModelConfig:
     def validate(self) -> None:
         check(self.tiny_hidden_size > 0, "tiny_hidden_size", "must be > 0")
         check(self.tiny_num_layers > 0, "tiny_num_layers", "must be > 0")
+        check(self.lm_layers is None or self.lm_layers >= 1, "lm_layers", "must be >= 1 or null")
         check(self.image_size >= 8, "image_size", "must be >= 8 pixels")
         check(self.num_views >= 1, "num_views", "must be >= 1")
         check(self.latent_num >= 1, "latent_num", "must be >= 1")
@@ -63,6 +69,10 @@ class ModelConfig:
         check(self.head_hidden_size > 0, "head_hidden_size", "must be > 0")
         check(self.head_num_layers >= 1, "head_num_layers", "must be >= 1")
         check(0.0 <= self.head_dropout < 1.0, "head_dropout", "must be in [0, 1)")
+        check(self.flow_steps >= 1, "flow_steps", "must be >= 1")
+        check(self.head != "l1_chunk" or self.latent_num == self.fwd_pred_next_n, "latent_num",
+              f"head l1_chunk reads one action query token per chunk step: set latent_num = fwd_pred_next_n "
+              f"({self.fwd_pred_next_n}), got {self.latent_num}")
         check(self.action_dim >= 1, "action_dim", "must be >= 1")
         check(all(0 <= i < self.action_dim for i in self.binary_grippers), "binary_grippers",
               f"must be dimensions of the action (0..{self.action_dim - 1}), got {self.binary_grippers}")

@@ -10,7 +10,7 @@ from torch import nn
 
 from vla.model.backbones import Backbone, build_backbone, image_size_for
 from vla.model.config import ModelConfig
-from vla.model.heads import ActionOutput, build_head
+from vla.model.heads import ActionOutput, FlowTraining, build_head
 from vla.model.loss import action_loss
 from vla.model.sequence import assemble, gather_positions
 from vla.model.tokenizer import build_tokenizer
@@ -77,11 +77,12 @@ class VLAModel(nn.Module):
         return features.reshape(b, t, *features.shape[1:])
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                state: torch.Tensor | None = None) -> ActionOutput:
-        """``state [B, T, state_dim]``: required when the model reads the state, ignored otherwise."""
+                state: torch.Tensor | None = None, actions: torch.Tensor | None = None) -> ActionOutput | FlowTraining:
+        """``state [B, T, state_dim]``: required when the model reads the state, ignored otherwise.
+        ``actions [B, T, N, D]``: the labels; in training the flow head trains on them (``FlowTraining``)."""
         state = self.checked_state(state)
         features = self.action_features(images, input_ids, attention_mask, state)
-        return self.head(features.float(), self.head_state(state))
+        return self.head(features.float(), self.head_state(state), actions)
 
     def head_state(self, state: torch.Tensor | None) -> torch.Tensor | None:
         """The state the head reads (where it enters at the head), else None."""
@@ -96,10 +97,13 @@ class VLAModel(nn.Module):
             raise ValueError(f"state: the model reads a state of {self.config.state_dim} values per frame, got {got}")
         return state.float()
 
-    def loss(self, output: ActionOutput, actions: torch.Tensor, action_mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``loss`` (differentiable), ``loss_arm``, ``loss_gripper``, ``pose_error``, and
-        ``gripper_accuracy`` when the action has binary grippers."""
-        return action_loss(output, actions, action_mask, self.config.lambda_gripper, self.config.binary_grippers)
+    def loss(self, output: ActionOutput | FlowTraining, actions: torch.Tensor,
+             action_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``loss`` (differentiable), ``loss_arm``, ``loss_gripper``, ``pose_error`` (not for ``FlowTraining``),
+        and ``gripper_accuracy`` when the action has binary grippers."""
+        cfg = self.config
+        return action_loss(output, actions, action_mask, cfg.lambda_gripper, cfg.binary_grippers,
+                           l1=cfg.head == "l1_chunk")
 
 
 def build_model(

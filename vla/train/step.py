@@ -80,7 +80,7 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
 
 def forward_loss(model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
     batch = same_batch_in_group(model, batch)  # tensor parallelism: one batch per group
-    output = model(batch["images"], batch["input_ids"], batch["attention_mask"], batch.get("state"))
+    output = model(batch["images"], batch["input_ids"], batch["attention_mask"], batch.get("state"), batch["actions"])
     return model.loss(output, batch["actions"], batch["action_mask"])
 
 

@@ -51,6 +51,8 @@ class Backbone(nn.Module, ABC):
 
     family: ClassVar[str]
     hf_model_class: ClassVar[type[PreTrainedModel]]
+    # The LM's ``model_type`` when the Hugging Face class serves several families (PaliGemma 1 and 2).
+    text_model_type: ClassVar[str | None] = None
     default_image_mean: ClassVar[tuple[float, float, float]] = HALF
     default_image_std: ClassVar[tuple[float, float, float]] = HALF
     # Where this adapter's submodules sit in the Hugging Face model: adapter prefix -> HF prefix.

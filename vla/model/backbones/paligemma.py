@@ -12,6 +12,7 @@ from vla.model.backbones.projector_vlm import ProjectorVLMBackbone
 
 class PaliGemmaBackbone(ProjectorVLMBackbone):
     family = "paligemma"
+    text_model_type = "gemma"
     hf_model_class = PaliGemmaForConditionalGeneration
     default_image_mean = HALF
     default_image_std = HALF

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from transformers import Kosmos2Config, LlavaConfig, PaliGemmaConfig, PretrainedConfig, Qwen2VLConfig
+from transformers import (
+    Kosmos2Config, LlavaConfig, PaliGemmaConfig, PretrainedConfig, Qwen2_5_VLConfig, Qwen2VLConfig, SmolVLMConfig,
+)
 
 PATCH_SIZE = 8
 
@@ -47,10 +49,10 @@ def _clip_like_vision(spec: TinySpec, model_type: str) -> dict:
     }
 
 
-def tiny_paligemma(spec: TinySpec) -> PretrainedConfig:
+def tiny_paligemma(spec: TinySpec, text_model_type: str = "gemma") -> PretrainedConfig:
     vision = _clip_like_vision(spec, "siglip_vision_model") | {"projection_dim": spec.hidden}
     text = {
-        "model_type": "gemma",
+        "model_type": text_model_type,
         "vocab_size": spec.vocab_size,
         "hidden_size": spec.hidden,
         "intermediate_size": 2 * spec.hidden,
@@ -67,6 +69,11 @@ def tiny_paligemma(spec: TinySpec) -> PretrainedConfig:
         image_token_id=spec.vocab_size,
         **spec.tokens,
     )
+
+
+def tiny_paligemma2(spec: TinySpec) -> PretrainedConfig:
+    """PaliGemma with a Gemma-2 LM (soft-capping and alternating sliding-window layers at their defaults)."""
+    return tiny_paligemma(spec, text_model_type="gemma2")
 
 
 def tiny_kosmos2(spec: TinySpec) -> PretrainedConfig:
@@ -87,19 +94,9 @@ def tiny_kosmos2(spec: TinySpec) -> PretrainedConfig:
 def tiny_llava(spec: TinySpec) -> PretrainedConfig:
     tower = spec.vision_tower
     vision = _clip_like_vision(spec, "clip_vision_model" if tower == "clip" else "siglip_vision_model")
-    text = {
-        "model_type": "llama",
-        "vocab_size": spec.vocab_size,
-        "hidden_size": spec.hidden,
-        "intermediate_size": 2 * spec.hidden,
-        "num_hidden_layers": spec.layers,
-        "num_attention_heads": spec.heads,
-        "num_key_value_heads": spec.heads,
-        **spec.tokens,
-    }
     return LlavaConfig(
         vision_config=vision,
-        text_config=text,
+        text_config=_llama_text(spec),
         image_token_id=spec.vocab_size,
         vision_feature_select_strategy="default" if tower == "clip" else "full",
         vision_feature_layer=-2 if tower == "clip" else -1,
@@ -107,9 +104,42 @@ def tiny_llava(spec: TinySpec) -> PretrainedConfig:
     )
 
 
-def tiny_qwen2vl(spec: TinySpec) -> PretrainedConfig:
+def _llama_text(spec: TinySpec) -> dict:
+    """A Llama LM of the tiny shape (LLaVA's and SmolVLM2's), with the tokens' ids."""
+    return {"model_type": "llama", **_decoder_sizes(spec), **spec.tokens}
+
+
+def _decoder_sizes(spec: TinySpec) -> dict:
+    return {
+        "vocab_size": spec.vocab_size,
+        "hidden_size": spec.hidden,
+        "intermediate_size": 2 * spec.hidden,
+        "num_hidden_layers": spec.layers,
+        "num_attention_heads": spec.heads,
+        "num_key_value_heads": spec.heads,
+    }
+
+
+def _qwen_text(spec: TinySpec) -> dict:
     head_dim = spec.hidden // spec.heads
     quarter = head_dim // 4
+    return {
+        **_decoder_sizes(spec),
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": [head_dim // 2 - 2 * quarter, quarter, quarter],
+        },
+        **spec.tokens,
+    }
+
+
+def _qwen_ids(spec: TinySpec) -> dict:
+    return {"image_token_id": spec.vocab_size, "video_token_id": spec.vocab_size + 1,
+            "vision_start_token_id": spec.vocab_size + 2, **spec.tokens}
+
+
+def tiny_qwen2vl(spec: TinySpec) -> PretrainedConfig:
     vision = {
         "depth": spec.layers,
         "embed_dim": spec.hidden,
@@ -121,28 +151,33 @@ def tiny_qwen2vl(spec: TinySpec) -> PretrainedConfig:
         "temporal_patch_size": 1,
         "in_channels": 3,
     }
-    text = {
-        "vocab_size": spec.vocab_size,
+    return Qwen2VLConfig(vision_config=vision, text_config=_qwen_text(spec), **_qwen_ids(spec))
+
+
+def tiny_qwen2_5_vl(spec: TinySpec) -> PretrainedConfig:
+    """Qwen2-VL's tiny shape with Qwen2.5-VL's tower: windows of 2x2 merged patches, full attention in the last block."""
+    patch = PATCH_SIZE // 2
+    vision = {
+        "depth": spec.layers,
         "hidden_size": spec.hidden,
         "intermediate_size": 2 * spec.hidden,
-        "num_hidden_layers": spec.layers,
-        "num_attention_heads": spec.heads,
-        "num_key_value_heads": spec.heads,
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": 10000.0,
-            "mrope_section": [head_dim // 2 - 2 * quarter, quarter, quarter],
-        },
-        **spec.tokens,
+        "num_heads": spec.heads,
+        "out_hidden_size": spec.hidden,
+        "patch_size": patch,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 1,
+        "window_size": 4 * patch,
+        "fullatt_block_indexes": [spec.layers - 1],
+        "in_channels": 3,
     }
-    return Qwen2VLConfig(
-        vision_config=vision,
-        text_config=text,
-        image_token_id=spec.vocab_size,
-        video_token_id=spec.vocab_size + 1,
-        vision_start_token_id=spec.vocab_size + 2,
-        **spec.tokens,
-    )
+    return Qwen2_5_VLConfig(vision_config=vision, text_config=_qwen_text(spec), **_qwen_ids(spec))
+
+
+def tiny_smolvlm2(spec: TinySpec) -> PretrainedConfig:
+    """SmolVLM2's shape: a SigLIP-style tower, a pixel shuffle of 2 (4 patches per LM token), a Llama LM."""
+    vision = _clip_like_vision(spec, "smolvlm_vision")
+    return SmolVLMConfig(vision_config=vision, text_config=_llama_text(spec), scale_factor=2, image_token_id=spec.vocab_size,
+                         **spec.tokens)
 
 
 TINY_CONFIGS = {
@@ -150,4 +185,7 @@ TINY_CONFIGS = {
     "kosmos2": tiny_kosmos2,
     "llava": tiny_llava,
     "qwen2vl": tiny_qwen2vl,
+    "qwen2_5_vl": tiny_qwen2_5_vl,
+    "smolvlm2": tiny_smolvlm2,
+    "paligemma2": tiny_paligemma2,
 }
