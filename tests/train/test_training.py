@@ -80,7 +80,8 @@ def test_fsdp_training_resumes_after_kill_and_retries_a_failed_worker_group(ray_
     images = torch.randint(0, 256, (3, 2, 3, 32, 32), dtype=torch.uint8)
     input_ids = torch.randint(3, 100, (3, 6))
     mask = torch.ones_like(input_ids)
-    actions = [ActionStepper(m).step(images, input_ids, mask) for m in (exported, reference)]
+    state = torch.randn(3, model_cfg.state_dim) if model_cfg.state_dim else None  # the synthetic robot's state
+    actions = [ActionStepper(m).step(images, input_ids, mask, state) for m in (exported, reference)]
     torch.testing.assert_close(actions[0], actions[1], rtol=0, atol=0)
     assert json.loads((Path(result.export_dir) / "normalization.json").read_text())
 
