@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import sys
 from dataclasses import dataclass
@@ -77,15 +78,22 @@ def source_episodes(gripper_fraction: bool, layout: Layout) -> list[SourceEpisod
 
 
 def write_video(path: Path, frames: np.ndarray, codec: str = "mpeg4") -> None:
+    """An mp4 of ``frames``. SVT-AV1 (``libsvtav1``) run as root moves the calling thread to
+    SCHED_FIFO 99 and leaves it there; every process started from it afterwards (the suite's gloo
+    ranks) would then spin at real-time priority and starve the machine: the policy is restored."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream(codec, rate=FPS)
-        stream.height, stream.width, stream.pix_fmt, stream.bit_rate = *frames.shape[1:3], "yuv420p", 8_000_000
-        for pts, image in enumerate(frames):
-            video_frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            video_frame.pts = pts
-            container.mux(stream.encode(video_frame))
-        container.mux(stream.encode())
+    policy, priority = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream(codec, rate=FPS)
+            stream.height, stream.width, stream.pix_fmt, stream.bit_rate = *frames.shape[1:3], "yuv420p", 8_000_000
+            for pts, image in enumerate(frames):
+                video_frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+                video_frame.pts = pts
+                container.mux(stream.encode(video_frame))
+            container.mux(stream.encode())
+    finally:
+        os.sched_setscheduler(0, policy, priority)
 
 
 def data_table(episodes: list[SourceEpisode], indices: list[int], video: bool, layout: Layout = Layout()) -> pa.Table:
@@ -214,6 +222,18 @@ def check_round_trip(out: str, episodes: list[SourceEpisode], splits: dict[str, 
                 else:
                     np.testing.assert_array_equal(decoded, source.frames[key])
     assert validate_dataset(out) == []
+
+
+@pytest.mark.timeout(60)
+def test_writing_an_av1_video_leaves_the_writers_scheduling_policy_alone(tmp_path):
+    """As root, SVT-AV1 left the thread at SCHED_FIFO 99: the gloo ranks spawned by a later test
+    inherited it, busy-waited at real-time priority and hung the suite (CI ran out of time)."""
+    before = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+    frames = np.random.default_rng(0).integers(0, 255, (3, 64, 64, 3), dtype=np.uint8)
+    write_video(tmp_path / "av1.mp4", frames, codec="libsvtav1")
+    assert (os.sched_getscheduler(0), os.sched_getparam(0).sched_priority) == before
+    with av.open(str(tmp_path / "av1.mp4")) as container:
+        assert container.streams.video[0].codec_context.name in ("libdav1d", "libaom-av1", "av1")
 
 
 @pytest.mark.timeout(60)
