@@ -28,6 +28,22 @@ def check(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"{key}: {message}")
 
 
+def import_function(path: str) -> Any:
+    """The function at dotted ``path`` (``package.module.function``); ``ValueError`` saying why not."""
+    import importlib
+
+    module, _, name = path.rpartition(".")
+    try:
+        function = getattr(importlib.import_module(module), name)
+    except ImportError as err:
+        raise ValueError(f"{path!r}: cannot import {module}: {err}") from None
+    except AttributeError:
+        raise ValueError(f"{path!r}: {module} has no {name}") from None
+    if not callable(function):
+        raise ValueError(f"{path!r} is not callable")
+    return function
+
+
 def _is_optional(tp: Any) -> tuple[bool, Any]:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):

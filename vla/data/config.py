@@ -40,6 +40,10 @@ class DataConfig:
     prefetch_batches: int = 2  # batches assembled ahead by each worker (a thread)
     cache_remote: bool = True  # s3:// / gs:// data: each node copies a shard whole to $VLA_CACHE_DIR on first read
     seed: int = 0  # with the epoch, rank and world size: the order and augmentation of every window
+    engine: Literal["ray_data", "tasks"] = "ray_data"
+    # Dotted paths of functions (decoded episode dict -> episode dict) that Ray Data maps over every
+    # decoded episode, in order, in the decode tasks (docs/data.md, "Your own transforms")
+    transforms: list[str] = field(default_factory=list)
     window_log: str = ""  # debug: local folder where each rank appends the (episode_id, start) of every batch
 
     def validate(self) -> None:
@@ -64,3 +68,6 @@ class DataConfig:
         check(self.open_episodes >= 1, "open_episodes", "must be >= 1")
         check(self.decode_ahead >= 1, "decode_ahead", "must be >= 1")
         check(self.prefetch_batches >= 0, "prefetch_batches", "must be >= 0")
+        for number, path in enumerate(self.transforms):  # imported on the driver by check_dataset
+            check(all(path.split(".")) and "." in path, f"transforms[{number}]",
+                  f"{path!r} is not a dotted path (package.module.function)")

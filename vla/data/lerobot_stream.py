@@ -42,7 +42,16 @@ from vla.data.converters.lerobot import (
 )
 from vla.data.grippers import map_grippers
 from vla.data.metadata import DataError
-from vla.data.pipeline import DataSpec, WindowStream, frame_margin, load_tokenizer, state_dim_used, window_batcher
+from vla.data.pipeline import (
+    DataSpec,
+    WindowStream,
+    decoded_frame_bytes,
+    frame_margin,
+    load_tokenizer,
+    state_dim_used,
+    user_transforms,
+    window_batcher,
+)
 from vla.data.plan import EpisodeIndex
 from vla.data.stats import Normalization, action_stats
 from vla.data.transforms import Normalize, Tokenize, episode_frames, put_frame, replicate_margin
@@ -167,4 +176,6 @@ def build_lerobot_stream(data_cfg: DataConfig, split: str, *, window_size: int, 
         tokenize=Tokenize(load_tokenizer(tokenizer_dir), data_cfg.max_text_len),
         batcher=window_batcher(data_cfg, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n, train=train),
         train=train,
+        frame_bytes=decoded_frame_bytes(data_cfg, image_size, train),
+        transforms=user_transforms(data_cfg),
     )

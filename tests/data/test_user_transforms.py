@@ -1,0 +1,59 @@
+"""``data.transforms``: a user's function, named by its dotted path, runs in the Ray Data pipeline
+on every decoded episode, in the stream and in a training run (whose run folder then holds the
+pipeline's ``ds.stats()``, the user's operator among them); a bad path fails in the config."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vla.config import load_config
+from vla.configuration import ConfigError
+from vla.data import DataConfig, build_window_stream, check_dataset
+from vla.train.launch import run_training
+
+
+def batches(cfg: DataConfig, tokenizer_dir: str) -> list[dict[str, np.ndarray]]:
+    stream = build_window_stream(cfg, "val", window_size=2, fwd_pred_next_n=1, image_size=16,
+                                 tokenizer_dir=tokenizer_dir, train=False)
+    return [{key: value.numpy() for key, value in batch.items()} for batch in stream.batches(epoch=0)]
+
+
+@pytest.mark.timeout(120)
+def test_the_stream_maps_the_users_function_over_every_episode(ray_session, synthetic_dataset, tokenizer_dir):
+    plain = batches(DataConfig(path=synthetic_dataset, batch_size=8), tokenizer_dir)
+    inverted = batches(DataConfig(path=synthetic_dataset, batch_size=8,
+                                  transforms=["user_transforms.invert_images"]), tokenizer_dir)
+    assert len(plain) == len(inverted) > 1
+    for a, b in zip(plain, inverted):
+        np.testing.assert_array_equal(b["images"], 255 - a["images"])
+        np.testing.assert_array_equal(b["actions"], a["actions"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_training_run_applies_it_and_logs_the_pipeline_statistics(ray_session, tiny_run, tmp_path):
+    cfg = load_config(None, [*tiny_run(tmp_path, "transformed"), "data.transforms=[user_transforms.invert_images]",
+                             "data.stride=16", "train.max_steps=4", "train.val_every=4", "run.export=false"])
+    result = run_training(cfg)
+    assert result.metrics["step"] == 4 and result.metrics["epoch"] >= 1
+    stats = (tmp_path / "transformed" / "data_stats.txt").read_text()
+    assert "=== epoch 0 ===" in stats
+    for operator in ("FromItems", "Map(DecodeEpisode)", "Map(invert_images)"):  # the maps fused into one operator
+        assert operator in stats
+
+
+def test_a_path_that_is_not_dotted_fails_in_the_config():
+    with pytest.raises(ConfigError, match=r"data\.transforms\[1\]: 'invert_images' is not a dotted path"):
+        load_config(None, ["data.transforms=[user_transforms.invert_images, invert_images]"])
+
+
+@pytest.mark.parametrize("path, problem", [
+    ("no_such_module.invert", "cannot import no_such_module"),
+    ("user_transforms.missing", "user_transforms has no missing"),
+])
+def test_a_function_that_does_not_import_fails_the_drivers_check(synthetic_dataset, path, problem):
+    """Before Ray starts (``check_run`` calls ``check_dataset``)."""
+    cfg = DataConfig(path=synthetic_dataset, transforms=[path])
+    with pytest.raises(ConfigError, match=rf"data\.transforms\[0\]: '{path}': {problem}"):
+        check_dataset(cfg, ["train"])
