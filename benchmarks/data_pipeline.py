@@ -260,41 +260,6 @@ def timed(fn, *args) -> tuple[int, float]:
     return windows, time.perf_counter() - start
 
 
-def stream_figures(stream, num_cpus: int, plain_rate: float, bound: float, cpu_s_per_window: float) -> None:
-    """Two epochs of ``stream`` (its ``data.engine``) consumed as a training worker does: windows/s,
-    CPU-seconds per window and where they went, peak memory of this consumer."""
-    engine = stream.data_cfg.engine
-    for _, _ in zip(range(2), stream.batches(epoch=99)):  # warm up the Ray workers (imports), not timed
-        pass
-    start = time.perf_counter()
-    next(stream.batches(epoch=98))
-    print(f"[{engine}] first batch of an epoch after {time.perf_counter() - start:.2f} s (the stream's start-up "
-          f"in a worker, each epoch and validation)")
-    peak = 0.0
-    for epoch, store in enumerate(("fresh", "warm")):  # a fresh object store's pages fault on first use
-        memory, cpu = PeakRSS(), cpu_seconds()
-        ray_n, ray_s = timed(lambda: sum(len(b["actions"]) for b in stream.batches(epoch=epoch)))
-        peak, busy = max(peak, memory.stop()), cpu_seconds() - cpu
-        per_core = ray_n / ray_s / num_cpus
-        print(f"[{engine}] epoch {epoch} ({store} object store, {num_cpus} CPUs): {ray_n / ray_s:8.0f} windows/s "
-              f"({ray_n} windows, {ray_s:.1f} s; {ray_n / ray_s / plain_rate:.2f} x the plain loop)")
-        print(f"  per CPU given to Ray    : {per_core:8.0f} windows/s = {per_core / bound:.2f} x the one-core decode "
-              f"bound (decode tasks, and this consumer's batch assembly beside them)")
-        print(f"  CPU per window          : {busy / ray_n * 1e3:8.2f} ms = {ray_n / busy / bound:.2f} x the one-core "
-              f"decode bound per core-second ({busy:.1f} CPU-s of this process and its Ray processes in "
-              f"{ray_s:.1f} s: {busy / ray_s:.2f} cores busy)")
-    rest = cpu_seconds()
-    time.sleep(3.0)
-    rest = (cpu_seconds() - rest) / 3.0
-    work = ray_n * cpu_s_per_window
-    print(f"  where epoch 1's CPU-s went: {work:6.1f} decoding and assembling (the one-core rates above), "
-          f"{rest * ray_s:.1f} the Ray node's background ({rest:.2f} cores at rest), "
-          f"{busy - work - rest * ray_s:.1f} the rest (object store puts, scheduling)")
-    print(f"  for a GPU step          : {ray_n / ray_s / stream.data_cfg.batch_size:8.1f} batches of "
-          f"{stream.data_cfg.batch_size} per second")
-    print(f"  peak memory, worker     : {peak:8.0f} MB above baseline")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=SHAPES, default="calvin")
@@ -302,8 +267,6 @@ def main() -> None:
     parser.add_argument("--encoding", choices=["png", "jpeg"], default="jpeg")
     parser.add_argument("--num-cpus", type=int, default=2, help="Ray CPUs (decode tasks run on them)")
     parser.add_argument("--open-episodes", type=int, default=DataConfig.open_episodes)
-    parser.add_argument("--engines", nargs="+", choices=["tasks", "ray_data"], default=["tasks", "ray_data"],
-                        help="the streams to run side by side (data.engine)")
     parser.add_argument("--compare-encodings", action="store_true", help="decode rate of PNG vs JPEG")
     parser.add_argument("--lerobot", action="store_true", help="video-backed LeRobot v3 vs per-frame Parquet decode")
     args = parser.parse_args()
@@ -345,18 +308,44 @@ def main() -> None:
     episode_decode_s = stream.index.num_steps[0] * views / task
     print(f"object store put, one core: {put * 1e3:8.1f} ms of CPU per decoded episode into a fresh object store = "
           f"{put / episode_decode_s:.2f} of its decode time (what a decode task's result costs)")
+    for _, _ in zip(range(2), stream.batches(epoch=99)):  # warm up the Ray workers (imports), not timed
+        pass
+    for epoch, store in enumerate(("fresh", "warm")):  # a fresh object store's pages fault on first use
+        memory, cpu = PeakRSS(), cpu_seconds()
+        ray_n, ray_s = timed(lambda: sum(len(b["actions"]) for b in stream.batches(epoch=epoch)))
+        peak, busy = memory.stop(), cpu_seconds() - cpu
+        per_core = ray_n / ray_s / args.num_cpus
+        print(f"Ray stream, epoch {epoch} ({store} object store, {args.num_cpus} CPUs): {ray_n / ray_s:8.0f} windows/s "
+              f"({ray_n} windows, {ray_s:.1f} s; {ray_n / ray_s / (plain_n / plain_s):.2f} x the plain loop)")
+        print(f"  per CPU given to Ray    : {per_core:8.0f} windows/s = {per_core / bound:.2f} x the one-core decode "
+              f"bound (decode tasks, and this consumer's batch assembly beside them)")
+        print(f"  per core-second used    : {ray_n / busy:8.0f} windows/s = {ray_n / busy / bound:.2f} x the one-core "
+              f"decode bound ({busy:.1f} CPU-s of this process and its Ray processes in {ray_s:.1f} s: "
+              f"{busy / ray_s:.2f} cores busy)")
+        if epoch == 0:
+            first_peak = peak
+    rest = cpu_seconds()
+    time.sleep(3.0)
+    rest = (cpu_seconds() - rest) / 3.0
+    work = ray_n * (views / task + 1 / assembly)
+    print(f"  where epoch 1's CPU-s went: {work:6.1f} decoding and assembling (the one-core rates above), "
+          f"{rest * ray_s:.1f} the Ray node's background ({rest:.2f} cores at rest), "
+          f"{busy - work - rest * ray_s:.1f} the rest (object store puts, task scheduling)")
+    print(f"  for a GPU step          : {ray_n / ray_s / cfg.batch_size:8.1f} batches of {cfg.batch_size} per second; "
+          f"ready ahead: {cfg.prefetch_batches} assembled batches (data.prefetch_batches), "
+          f"{cfg.decode_ahead} episodes decoding (data.decode_ahead)")
+    peak = max(first_peak, peak)
+    put = object_store_put_seconds(stream)
+    print(f"object store put, warm    : {put * 1e3:8.1f} ms of CPU per decoded episode after two epochs = "
+          f"{put / episode_decode_s:.2f} of its decode time")
+
     margin = frame_margin(cfg, train=True)
     episode_mb = shape["steps"] * views * 3 * (shape["out_size"] + 2 * margin) ** 2 / 2**20
     batch_mb = shape["batch_size"] * shape["window"] * views * 3 * shape["out_size"] ** 2 / 2**20
     limit = (cfg.open_episodes + cfg.decode_ahead) * episode_mb + (cfg.prefetch_batches + 1) * batch_mb
-    print(f"memory bound, worker      : {limit:8.0f} MB = ({cfg.open_episodes} + {cfg.decode_ahead}) x {episode_mb:.1f} MB "
-          f"episodes (with a {margin} px margin) + {cfg.prefetch_batches + 1} x {batch_mb:.1f} MB batches")
-    for engine in args.engines:
-        cfg.engine = engine
-        stream_figures(stream, args.num_cpus, plain_n / plain_s, bound, views / task + 1 / assembly)
-    put = object_store_put_seconds(stream)
-    print(f"object store put, warm    : {put * 1e3:8.1f} ms of CPU per decoded episode after the epochs = "
-          f"{put / episode_decode_s:.2f} of its decode time")
+    print(f"peak memory, worker       : {peak:8.0f} MB above baseline (bound {limit:.0f} MB = "
+          f"({cfg.open_episodes} + {cfg.decode_ahead}) x {episode_mb:.1f} MB episodes (with a {margin} px margin) + "
+          f"{cfg.prefetch_batches + 1} x {batch_mb:.1f} MB batches)")
 
     ideal = ideal_diversity(stream.index, cfg.stride, cfg.batch_size)
     for open_episodes in sorted({1, 8, cfg.open_episodes}):

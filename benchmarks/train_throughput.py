@@ -4,10 +4,9 @@
     python benchmarks/train_throughput.py --gpu --workers 1 --hidden 1024 --layers 8 --batch 16   # on a GPU node
     python benchmarks/train_throughput.py --hidden 128 --window 1 --batch 16 --steps 300 --fsdp-unit model  # the demo's shape
 
-Platform: ``run_training`` (Ray Train, FSDP2, the window stream from Parquet, progress,
+Platform: ``run_training`` (Ray Train, FSDP2, Ray Data streaming from Parquet, progress,
 checkpoint at the end). Bare loop: one process, the same model and optimizer, one batch of
-the same global size preloaded as tensors. ``--engines`` runs the platform once per stream
-(``data.engine``), side by side. Prints samples/s, time per step, peak memory per
+the same global size preloaded as tensors. Prints samples/s, time per step, peak memory per
 worker, the platform/bare ratio and, on GPU, model FLOPs utilization (FLOPs of one step
 counted by torch's FlopCounterMode, over the measured step time and the accelerator peak).
 """
@@ -50,8 +49,6 @@ def parse_args() -> argparse.Namespace:
     parser = run_arguments(__doc__, steps=40, episodes=100)
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--fsdp-unit", choices=("block", "model"), default="block", help="train.fsdp_unit")
-    parser.add_argument("--engines", nargs="+", choices=["tasks", "ray_data"], default=["tasks", "ray_data"],
-                        help="the platform runs' streams, side by side (data.engine)")
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="accelerator bf16 peak (H100/H200 dense: 989)")
     return parser.parse_args()
 
@@ -130,9 +127,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = f"{tmp}/data"
         convert_synthetic(data, episodes=args.episodes, val_episodes=4, image_size=args.image_size)
-        platform = {engine: platform_run(args, data, f"{tmp}/runs-{engine}",
-                                         [f"train.fsdp_unit={args.fsdp_unit}", f"data.engine={engine}"])
-                    for engine in args.engines}
+        platform = platform_run(args, data, f"{tmp}/runs", [f"train.fsdp_unit={args.fsdp_unit}"])
         bare = bare_loop(args, data)
         model = build_model(load_config(None, overrides(args, data, tmp)).model)
     _, params = count_parameters(model)
@@ -140,19 +135,15 @@ def main() -> None:
     print(f"\n{args.backbone} hidden {args.hidden} x {args.layers} layers, {params / 1e6:.2f}M params, "
           f"window {args.window}, {args.batch} windows/worker, {args.workers} worker(s) on {device}, "
           f"FSDP units per {args.fsdp_unit}")
-    print(f"{'':>19} {'samples/s':>10} {'step (s)':>9} {'data wait (s)':>13} {'peak MB/worker':>15}")
-    for engine, run in platform.items():
-        print(f"{'platform, ' + engine:>19} {run['samples_per_s']:10.1f} {run['step_time_s']:9.3f} "
-              f"{run['data_wait_s']:13.3f} {run['peak_memory_mb']:15.0f}")
-    print(f"{'bare loop':>19} {bare['samples_per_s']:10.1f} {bare['step_time_s']:9.3f} {'-':>13} "
-          f"{bare['peak_memory_mb']:15.0f}")
-    for engine, run in platform.items():
-        print(f"platform ({engine}) / bare throughput: {run['samples_per_s'] / bare['samples_per_s']:.2f}")
+    print(f"{'':>10} {'samples/s':>10} {'step (s)':>9} {'data wait (s)':>13} {'peak MB/worker':>15}")
+    print(f"{'platform':>10} {platform['samples_per_s']:10.1f} {platform['step_time_s']:9.3f} "
+          f"{platform['data_wait_s']:13.3f} {platform['peak_memory_mb']:15.0f}")
+    print(f"{'bare loop':>10} {bare['samples_per_s']:10.1f} {bare['step_time_s']:9.3f} {'-':>13} {bare['peak_memory_mb']:15.0f}")
+    print(f"platform / bare throughput: {platform['samples_per_s'] / bare['samples_per_s']:.2f}")
     print(f"FLOPs per step (global batch): {bare['flops_per_step'] / 1e9:.2f} GFLOP")
     if args.gpu:
         peak = args.peak_tflops * 1e12
-        runs = [(f"platform, {engine}", run, args.workers) for engine, run in platform.items()]
-        for name, run, devices in (*runs, ("bare loop", bare, 1)):
+        for name, run, devices in (("platform", platform, args.workers), ("bare loop", bare, 1)):
             print(f"model FLOPs utilization, {name}: {100 * bare['flops_per_step'] / run['step_time_s'] / (peak * devices):.1f}%")
 
 

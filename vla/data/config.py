@@ -40,9 +40,8 @@ class DataConfig:
     prefetch_batches: int = 2  # batches assembled ahead by each worker (a thread)
     cache_remote: bool = True  # s3:// / gs:// data: each node copies a shard whole to $VLA_CACHE_DIR on first read
     seed: int = 0  # with the epoch, rank and world size: the order and augmentation of every window
-    engine: Literal["ray_data", "tasks"] = "ray_data"
-    # Dotted paths of functions (decoded episode dict -> episode dict) that Ray Data maps over every
-    # decoded episode, in order, in the decode tasks (docs/data.md, "Your own transforms")
+    # Dotted paths of functions (decoded episode dict -> episode dict) run in order on every decoded
+    # episode, in the decode tasks (docs/data.md, "Your own transforms")
     transforms: list[str] = field(default_factory=list)
     window_log: str = ""  # debug: local folder where each rank appends the (episode_id, start) of every batch
 

@@ -45,7 +45,6 @@ from vla.data.metadata import DataError
 from vla.data.pipeline import (
     DataSpec,
     WindowStream,
-    decoded_frame_bytes,
     frame_margin,
     load_tokenizer,
     state_dim_used,
@@ -176,6 +175,5 @@ def build_lerobot_stream(data_cfg: DataConfig, split: str, *, window_size: int, 
         tokenize=Tokenize(load_tokenizer(tokenizer_dir), data_cfg.max_text_len),
         batcher=window_batcher(data_cfg, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n, train=train),
         train=train,
-        frame_bytes=decoded_frame_bytes(data_cfg, image_size, train),
         transforms=user_transforms(data_cfg),
     )

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 import sys
 import queue
 import threading
@@ -106,11 +105,6 @@ def frame_margin(data_cfg: DataConfig, train: bool) -> int:
     return max(data_cfg.shift_static, data_cfg.shift_wrist) if train else 0
 
 
-def decoded_frame_bytes(data_cfg: DataConfig, image_size: int, train: bool) -> int:
-    """Bytes of one decoded step: every camera's frame with its margin, uint8."""
-    return len(data_cfg.cameras) * 3 * (image_size + 2 * frame_margin(data_cfg, train)) ** 2
-
-
 def user_transforms(data_cfg: DataConfig) -> list[Callable[[dict], dict]]:
     """The functions named by ``data.transforms`` (dotted paths, checked by ``DataConfig.validate``).
     Their modules travel to the Ray workers by value: a file importable where the run is started
@@ -170,9 +164,24 @@ class ParquetEpisodes:
         return self.chain({**table.slice(row, 1).to_pylist()[0], "path": file})
 
 
-def read_episode(reader, *address) -> dict:
-    """The body of a decode task: ``reader`` (a ``ParquetEpisodes``, ``LeRobotEpisodes``) at ``address``."""
-    return reader(*address)
+@dataclass
+class EpisodeDecoder:
+    """What a decode task runs: ``reader`` (a ``ParquetEpisodes``, ``LeRobotEpisodes``) at an
+    episode's address, then the user's ``data.transforms`` in order."""
+
+    reader: Callable[..., dict]
+    transforms: list[Callable[[dict], dict]]
+
+    def __call__(self, *address) -> dict:
+        episode = self.reader(*address)
+        for transform in self.transforms:
+            episode = transform(episode)
+        return episode
+
+
+def read_episode(decoder: EpisodeDecoder, *address) -> dict:
+    """The body of a decode task."""
+    return decoder(*address)
 
 
 @functools.cache
@@ -197,9 +206,7 @@ class WindowStream:
     tokenize: Tokenize  # runs in the worker, once per episode and epoch
     batcher: WindowBatcher
     train: bool
-    frame_bytes: int  # one decoded step, every view (the margin included): sizes the decode budget
-    transforms: list[Callable[[dict], dict]] = field(default_factory=list)  # data.transforms, after decoding
-    last_stats: str = ""  # Ray Data's per-operator summary of the last epoch read to its end
+    transforms: list[Callable[[dict], dict]] = field(default_factory=list)  # data.transforms, in the decode tasks
 
     def plan(self, *, epoch: int, rank: int = 0, world_size: int = 1) -> EpochPlan:
         return epoch_plan(self.index, self.data_cfg, epoch=epoch, rank=rank, world_size=world_size,
@@ -220,19 +227,15 @@ class WindowStream:
             yield {key: torch.from_numpy(value) for key, value in batch.items()}
 
     def _numpy_batches(self, plan: EpochPlan, epoch: int) -> Iterator[tuple[int, list, dict[str, np.ndarray]]]:
-        fetcher = (RayDataEpisodes if self.data_cfg.engine == "ray_data" else EpisodeFetcher)(self, plan)
+        fetcher = EpisodeFetcher(self, plan)
         size = self.data_cfg.batch_size
-        try:
-            for number, begin in enumerate(range(0, len(plan), size)):
-                part = plan[begin:begin + size]
-                episodes = [fetcher.get(e, begin + len(part) - 1) for e in part.episode]
-                batch = self.batcher(episodes, part.start.tolist(), part.episode.tolist(), epoch)
-                fetcher.release_before(begin + size)
-                windows = np.stack([self.index.episode_id[part.episode], part.start], axis=1).tolist()
-                yield number, windows, batch
-            self.last_stats = fetcher.stats()
-        finally:
-            fetcher.close()  # a stream left early (validation, the last step) stops decoding now
+        for number, begin in enumerate(range(0, len(plan), size)):
+            part = plan[begin:begin + size]
+            episodes = [fetcher.get(e, begin + len(part) - 1) for e in part.episode]
+            batch = self.batcher(episodes, part.start.tolist(), part.episode.tolist(), epoch)
+            fetcher.release_before(begin + size)
+            windows = np.stack([self.index.episode_id[part.episode], part.start], axis=1).tolist()
+            yield number, windows, batch
 
 
 class EpisodeFetcher:
@@ -250,17 +253,17 @@ class EpisodeFetcher:
         self.submitted: dict[int, object] = {}  # episode -> ObjectRef of its decode task
         self.held: dict[int, dict] = {}  # episode -> decoded and tokenized episode
         self.next = 0
-        self.reader = None
+        self.decoder = None
 
     def _submit_until(self, position: int) -> None:
         import ray
 
-        if self.reader is None:
-            self.reader = ray.put(self.stream.reader)
+        if self.decoder is None:
+            self.decoder = ray.put(EpisodeDecoder(self.stream.reader, self.stream.transforms))
         while self.next < len(self.order) and (self.first_use[self.next] <= position
                                                or len(self.submitted) < self.stream.data_cfg.decode_ahead):
             e = int(self.order[self.next])
-            self.submitted[e] = decode_task().remote(self.reader, *self.stream.index.addresses[e])
+            self.submitted[e] = decode_task().remote(self.decoder, *self.stream.index.addresses[e])
             self.next += 1
 
     def get(self, episode: int, position: int) -> dict:
@@ -277,116 +280,6 @@ class EpisodeFetcher:
         for episode in [e for e in self.held if self.last_use[e] < position]:
             del self.held[episode]
 
-    def stats(self) -> str:
-        return ""
-
-    def close(self) -> None:
-        pass
-
-
-def first_use_order(plan: EpochPlan) -> tuple[np.ndarray, dict[int, int]]:
-    """The plan's episodes in order of their first window, and the position of each one's last."""
-    episodes, first = np.unique(plan.episode, return_index=True)
-    _, last_reversed = np.unique(plan.episode[::-1], return_index=True)
-    return episodes[np.argsort(first)], dict(zip(episodes.tolist(), (len(plan) - 1 - last_reversed).tolist()))
-
-
-@dataclass
-class DecodeEpisode:
-    """The decode step of the Ray Data pipeline: ``{"episode": i}`` -> episode ``i`` of the index, decoded."""
-
-    reader: Callable[..., dict]
-    addresses: list[tuple]
-
-    def __call__(self, item: dict) -> dict:
-        episode = int(item["episode"])
-        return {**self.reader(*self.addresses[episode]), "episode": episode}
-
-
-def episode_dataset(stream: WindowStream, episodes: np.ndarray):
-    """``episodes`` (indices into ``stream.index``) as a Ray Data dataset of decoded episodes, in
-    this order (``preserve_order``): one block per episode, decoded by at most ``data.decode_ahead``
-    tasks of 1 CPU and held in the object store within a budget of ``decode_ahead`` of the
-    longest of them, then mapped by the user's ``data.transforms``. Ray Data schedules its tasks
-    ``SPREAD``, never into the placement group of the Train worker (or Tune trial) reading it."""
-    import ray.data
-    from ray.data._internal.execution.interfaces import ExecutionResources
-
-    quiet_ray_data_logs()
-    # Ray 2.60's default block prefetcher is a thread per iteration that outlives an iteration left
-    # early (every validation) and keeps its last blocks; the per-node prefetch actor leaves nothing.
-    ray.data.DataContext.get_current().actor_prefetcher_enabled = True
-    cfg = stream.data_cfg
-    tasks = dict(num_cpus=1, compute=ray.data.TaskPoolStrategy(size=min(cfg.decode_ahead, len(episodes))))
-    dataset = ray.data.from_items([{"episode": int(e)} for e in episodes], override_num_blocks=len(episodes))
-    dataset = dataset.map(DecodeEpisode(stream.reader, stream.index.addresses), **tasks)
-    for transform in stream.transforms:
-        dataset = dataset.map(transform, **tasks)
-    context = dataset.context
-    context.enable_progress_bars = False  # the training log reports progress; ds.stats() goes to the run log
-    context.execution_options.preserve_order = True
-    longest = int(stream.index.num_steps[episodes].max()) * stream.frame_bytes
-    # Ray Data reserves half of the budget across its operators: 2 x decode_ahead episodes leave the
-    # decode operator decode_ahead of them (1 x starved it: 291 against 441 windows/s at CALVIN).
-    context.execution_options.resource_limits = ExecutionResources(object_store_memory=2 * cfg.decode_ahead * longest)
-    return dataset
-
-
-def quiet_ray_data_logs() -> None:
-    """Ray Data logs that progress bars are off and one line per finished dataset (each epoch and
-    validation): the run log carries the per-operator statistics instead."""
-    import logging
-
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
-    logging.getLogger("ray.data._internal.execution.streaming_executor").setLevel(logging.WARNING)
-
-
-def next_or_data_error(rows: Iterator[dict]) -> dict:
-    """The next row; a ``DataError`` raised in a decode task is raised again here as one (Ray Data
-    re-raises it as its ``UserCodeException``, carrying the task's traceback as text)."""
-    try:
-        return next(rows)
-    except Exception as err:
-        found = re.search(rf"{DataError.__module__}\.DataError: (.+)", str(err))
-        if found is None:
-            raise
-        raise DataError(found.group(1)) from None
-
-
-class RayDataEpisodes:
-    """Decoded episodes of a plan, streamed by a Ray Data dataset in order of first use, and
-    dropped after their last window."""
-
-    def __init__(self, stream: WindowStream, plan: EpochPlan):
-        self.stream = stream
-        order, self.last_use = first_use_order(plan)
-        self.dataset = episode_dataset(stream, order) if len(order) else None
-        self.decoded = self._rows() if self.dataset is not None else iter(())
-        self.held: dict[int, dict] = {}  # episode -> decoded and tokenized episode
-
-    def _rows(self) -> Iterator[dict]:
-        """One dict per episode: its block as a numpy batch of one (cheaper than ``iter_rows``)."""
-        for batch in self.dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            yield {key: value[0] if key != "instruction" else str(value[0]) for key, value in batch.items()}
-
-    def get(self, episode: int, position: int) -> dict:
-        """The decoded episode for a window at ``position`` of the plan (the dataset decodes ahead)."""
-        while episode not in self.held:
-            row = dict(next_or_data_error(self.decoded))
-            self.held[row.pop("episode")] = self.stream.tokenize(row)
-        return self.held[episode]
-
-    def release_before(self, position: int) -> None:
-        for episode in [e for e in self.held if self.last_use[e] < position]:
-            del self.held[episode]
-
-    def stats(self) -> str:
-        return self.dataset.stats() if self.dataset is not None else ""
-
-    def close(self) -> None:
-        """Ends the dataset's execution (its executor and decode tasks)."""
-        if hasattr(self.decoded, "close"):
-            self.decoded.close()
 
 
 def prefetched(items: Iterator, depth: int) -> Iterator:
@@ -510,7 +403,6 @@ def build_window_stream(data_cfg: DataConfig, split: str, *, window_size: int, f
         tokenize=Tokenize(load_tokenizer(tokenizer_dir), data_cfg.max_text_len),
         batcher=window_batcher(data_cfg, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n, train=train),
         train=train,
-        frame_bytes=decoded_frame_bytes(data_cfg, image_size, train),
         transforms=user_transforms(data_cfg),
     )
 

@@ -113,8 +113,6 @@ def batch_stream(run: Run, train_shard) -> Iterator[Batch]:
         for batch in batches:
             state.batch_in_epoch += 1
             yield batch
-        if run.logger is not None and train_shard.last_stats:
-            run.logger.data_stats(state.epoch, train_shard.last_stats)
         state.epoch += 1
         state.batch_in_epoch = 0
 

@@ -27,7 +27,6 @@ log = logging.getLogger("vla.train")
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
-DATA_STATS_FILE = "data_stats.txt"
 
 
 def format_duration(seconds: float) -> str:
@@ -215,17 +214,6 @@ class RunLogger:
             parts.append(f"data {metrics['data_wait_s']:.3f}s + compute {metrics['compute_s']:.3f}s per step")
             parts.append(f"ETA {format_duration(metrics['eta_s'])}")
         log.info(" | ".join(parts))
-
-    def data_stats(self, epoch: int, stats: str) -> None:
-        """Ray Data's statistics of rank 0's stream for ``epoch``: its per-operator lines (tasks,
-        blocks, time) and throughputs in the log, the whole report in ``data_stats.txt``."""
-        summary = [line.strip(" *\t") for line in stats.splitlines()
-                   if line.startswith("Operator") or "Ray Data throughput" in line]
-        log.info("data, epoch %d (Ray Data, rank 0): %s", epoch, " | ".join(summary))
-        with (self.local_dir / DATA_STATS_FILE).open("a") as f:
-            f.write(f"=== epoch {epoch} ===\n{stats}\n")
-        if is_uri(self.run_dir):
-            upload(self.local_dir / DATA_STATS_FILE, f"{self.run_dir}/{DATA_STATS_FILE}")
 
     def sync(self) -> None:
         """Upload the local record when the run lives on object storage."""
