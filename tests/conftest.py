@@ -16,7 +16,7 @@ os.environ.setdefault("WANDB_SILENT", "true")
 def ray_session(tmp_path_factory):
     """A local Ray cluster shared by every test that asks for it.
 
-    Four logical CPUs on a 2-core machine: Ray Data tasks and two Train workers at
+    Four logical CPUs on a 2-core machine: the decode tasks and two Train workers at
     0.5 CPU each then always both get a budget (see the stack notes on the data hang).
     The dashboard stays on: Tune + Train V2 leaks placement groups without it.
     """

@@ -3,7 +3,7 @@
     python tests/cluster/multinode_run.py DATA_ROOT STORAGE OUT_JSON [key=value ...]
 
 Runs in its own process (its own Ray cluster, apart from the test session's): a head with
-1 CPU (the driver, Ray Data) and two worker nodes of 3 CPUs, each with its own custom
+1 CPU (the driver, decode tasks) and two worker nodes of 3 CPUs, each with its own custom
 resource, so 2 training workers of 1.5 CPU fit on each. When the checkpoint of step
 ``KILL_AFTER_CHECKPOINT`` is complete, node ``b`` is removed the way a spot instance goes
 (raylet and workers killed, no drain). Then a node ``c`` of 6 CPUs joins, and the same run

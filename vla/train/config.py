@@ -38,7 +38,7 @@ class TrainConfig:
     # Distribution: one place configures it
     num_workers: int = 2
     use_gpu: bool = False
-    cpus_per_worker: float = 0.5  # < 1 on small nodes so Ray Data tasks keep a CPU
+    cpus_per_worker: float = 0.5  # < 1 on small nodes so the decode tasks keep a CPU
     # Compute precision of the sharded blocks: auto = bf16 on GPU, fp32 on CPU; fp16 adds
     # gradient scaling (GPUs without bf16, e.g. V100/T4). Gradient reduction stays fp32, the
     # head computes in fp32.

@@ -30,7 +30,7 @@ from vla.tune.space import PRESET_KEY, SearchSpace, apply_overrides, check_run_l
 log = logging.getLogger("vla.tune")
 
 TRIAL_DRIVER_CPU = 0.1  # the trial function itself only waits on its TorchTrainer
-DATA_CPU_PER_TRIAL = 1.0  # kept free for each trial's Ray Data tasks (decode, windows)
+DATA_CPU_PER_TRIAL = 1.0  # kept free for each trial's decode tasks
 RUNS_DIR = "runs"
 DEFINITION_FILE = "sweep.yaml"  # what the sweep in a folder runs: compared before it is resumed
 RESUMABLE_CHANGES = ("sweep.max_concurrent_trials", "sweep.wait_for_autoscaler")  # how, not what
