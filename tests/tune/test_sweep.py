@@ -75,8 +75,10 @@ def test_four_trial_sweep_stops_early_reports_and_exports_the_best(ray_session, 
     assert yaml.safe_load(Path(report.best_config).read_text())["run"]["name"] == "test-sweep-best"
     model, model_cfg = load_export(report.export_dir)
     images = torch.randint(0, 256, (1, model_cfg.num_views, 3, 32, 32), dtype=torch.uint8)
-    action = ActionStepper(model.eval()).step(images, torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.long))
-    assert action.shape == (1, 7) and torch.isfinite(action).all()
+    assert model_cfg.state_dim == 4  # the synthetic robot's (x, y, z, gripper), read by default
+    chunk = ActionStepper(model.eval()).step(images, torch.tensor([[5, 6, 7]]), torch.ones(1, 3, dtype=torch.long),
+                                             state=torch.zeros(1, model_cfg.state_dim))
+    assert chunk.shape == (1, model_cfg.fwd_pred_next_n, 7) and torch.isfinite(chunk).all()
 
 
 CLOSED_LOOP_SPACE = {

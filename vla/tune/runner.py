@@ -22,7 +22,7 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 from vla.config import Config, resolve_config
 from vla.train.config import TrainConfig
 from vla.ray_init import start_or_join_ray
-from vla.train.launch import build_trainer, ensure_ray, total_steps_of, with_demo_data
+from vla.train.launch import build_trainer, check_run, ensure_ray, total_steps_of, with_demo_data
 from vla.train.storage import exists, normalize_storage_path, read_bytes, run_path, write_bytes
 from vla.tune.scoring import SweepReportCallback, finished_step, score_checkpoint
 from vla.tune.space import PRESET_KEY, SearchSpace, apply_overrides, check_run_length
@@ -118,12 +118,13 @@ def _make_trainable(sweep: Sweep):
         # A trial re-run after its training had finished (e.g. the sweep's driver died before
         # Tune recorded it) resumes at the end and reports nothing new: report its result here.
         already_trained = finished_step(run_dir) >= total_steps_of(cfg)
-        callback = SweepReportCallback(settings.metric, run_dir, cfg, score=settings.scores_closed_loop)
-        result = build_trainer(cfg, callbacks=[callback]).fit()
+        checked = check_run(cfg)  # the scores build the policy the run trains: the dataset's actions and state
+        callback = SweepReportCallback(settings.metric, run_dir, checked.cfg, score=settings.scores_closed_loop)
+        result = build_trainer(cfg, callbacks=[callback], checked=checked).fit()
         if already_trained and result.checkpoint is not None:
             final = {**result.metrics, CHECKPOINT_PATH_KEY: result.checkpoint.path}
             if settings.scores_closed_loop:
-                final.update(score_checkpoint(result.checkpoint, run_dir, cfg))
+                final.update(score_checkpoint(result.checkpoint, run_dir, checked.cfg))
             tune.report(final)
 
     return run_trial
