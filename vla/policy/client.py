@@ -22,7 +22,8 @@ class PolicyClient:
     def __init__(self, host: str, port: int, api_key: str | None = None, timeout: float = 60.0):
         headers = {"Authorization": f"Api-Key {api_key}"} if api_key else None
         self.websocket = connect(f"ws://{host}:{port}/", compression=None, max_size=None,
-                                 additional_headers=headers, open_timeout=timeout)
+                                 additional_headers=headers, open_timeout=timeout,
+                                 legacy=True)  # a connection this object holds, closed by close()
         self.timeout = timeout
         self.metadata = unpackb(self.websocket.recv(timeout))
 
