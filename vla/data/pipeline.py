@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import functools
 import json
-import sys
 import queue
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -279,7 +279,6 @@ class EpisodeFetcher:
     def release_before(self, position: int) -> None:
         for episode in [e for e in self.held if self.last_use[e] < position]:
             del self.held[episode]
-
 
 
 def prefetched(items: Iterator, depth: int) -> Iterator:
