@@ -48,7 +48,8 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from vla.data import DataConfig, Episode, EpisodeWriter, build_window_stream, load_metadata
-from vla.data.pipeline import episode_to_windows, frame_margin, load_tokenizer, split_files
+from vla.data.parquet_source import episode_to_windows, split_files
+from vla.data.pipeline import frame_margin, load_tokenizer
 from vla.data.plan import batch_diversity, ideal_diversity
 from vla.data.transforms import episode_frames, put_frame
 from vla.model.tokenizer import build_tiny_tokenizer

@@ -43,13 +43,13 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import PretrainedConfig
 
-from vla.configuration import from_dict, parse_override
 from vla.model import BACKBONES, build_model
 from vla.model.config import ModelConfig
 from vla.train.config import TrainConfig
 from vla.train.parallelize import compile_enabled, param_dtype_for, weights_dtype_for
 from vla.train.schedule import optimizer_choice
 from vla.train.step import Batch, build_trainer, train_step
+from vla.typed_config import from_dict, parse_override
 
 REPO = Path(__file__).resolve().parents[1]
 PUBLISHED = REPO / "tests" / "fixtures" / "hf-published"

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-
 from server_latency import demo_export  # benchmarks/, on the path when this script runs
 
 from vla.policy import Policy

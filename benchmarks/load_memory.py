@@ -44,9 +44,9 @@ from vla.model.export import BACKBONE_CONFIG, MODEL_CONFIG, WEIGHTS, run_files
 from vla.model.meta import parameters_on_meta
 from vla.model.tokenizer import build_tiny_tokenizer
 from vla.model.vla_model import build_model
-from vla.configuration import to_dict
 from vla.train.config import TrainConfig
 from vla.train.parallelize import parallelize
+from vla.typed_config import to_dict
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "hf-published"
 GB = 1024**3

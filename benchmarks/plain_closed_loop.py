@@ -28,7 +28,8 @@ import torch
 from vla.config import Config, load_config
 from vla.data import Normalization, check_dataset, load_metadata
 from vla.data.converters.synthetic import convert_synthetic
-from vla.data.pipeline import episode_columns, episode_to_windows, load_tokenizer, split_files
+from vla.data.parquet_source import episode_columns, episode_to_windows, split_files
+from vla.data.pipeline import load_tokenizer
 from vla.eval.environments import SyntheticEnvironment, evaluation_episodes
 from vla.eval.rollout import run_episodes, summarize
 from vla.model import build_model, build_tokenizer, save_export

@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from vla.train.storage import localize
+from vla.storage import localize
 
 DEFAULT_EXPORT = "~/vla_runs/demo/export"
 

@@ -53,9 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from ray import serve  # after the arguments are checked
 
-    from vla.configuration import ConfigError
     from vla.policy.server import APP_NAME, build_app
     from vla.ray_init import start_or_join_ray
+    from vla.typed_config import ConfigError
 
     api_key = os.environ.get(API_KEY_ENV)
     export = args.export if "://" in args.export else str(Path(args.export).expanduser().resolve())

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from vla.config import load_config
-from vla.configuration import ConfigError
+from vla.typed_config import ConfigError
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 

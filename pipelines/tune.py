@@ -20,8 +20,8 @@ from pathlib import Path
 
 import yaml
 
-from vla.configuration import ConfigError
 from vla.tune.space import load_sweep
+from vla.typed_config import ConfigError
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from vla.config import Config, load_config
-from vla.configuration import ConfigError
+from vla.typed_config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

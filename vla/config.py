@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vla.configuration import ConfigError, check, from_dict, load_yaml, parse_override, set_dotted, to_dict
 from vla.data.config import DataConfig
 from vla.model.config import ModelConfig
 from vla.train.config import RunConfig, TrainConfig
+from vla.typed_config import ConfigError, check, from_dict, load_yaml, parse_override, set_dotted, to_dict
 
 
 @dataclass

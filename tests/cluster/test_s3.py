@@ -17,7 +17,7 @@ import pytest
 from procs import BUCKET, ROOT, pythonpath, run_pipeline
 from run_overrides import TINY_RUN
 
-from vla.train.storage import StorageError, check_storage, exists, localize, read_bytes
+from vla.storage import StorageError, check_storage, exists, localize, read_bytes
 
 TINY = [*TINY_RUN, "train.num_workers=2"]
 
@@ -60,7 +60,7 @@ def test_missing_bucket_fails_before_anything_starts(aws):
 
 
 def test_localize_caches_a_folder_and_refetches_it_when_it_changes(aws):
-    from vla.train.storage import write_bytes
+    from vla.storage import write_bytes
 
     write_bytes(f"s3://{BUCKET}/cached/a.txt", b"one")
     local = localize(f"s3://{BUCKET}/cached")
@@ -76,9 +76,8 @@ def test_decode_tasks_read_shards_on_s3_from_one_local_copy_per_node(aws, tmp_pa
     from vla.data.config import DataConfig
     from vla.data.converters.synthetic import convert_synthetic
     from vla.data.metadata import load_metadata
-    from vla.data.pipeline import ParquetEpisodes, decode_chain
-    from vla.data.plan import read_episode_index
-    from vla.data.shard_cache import remote_stamp
+    from vla.data.parquet_source import ParquetEpisodes, decode_chain, read_episode_index
+    from vla.storage import remote_stamp
 
     data = f"s3://{BUCKET}/datasets/cached"
     convert_synthetic(data, episodes=3, val_episodes=1, image_size=32)
@@ -87,8 +86,8 @@ def test_decode_tasks_read_shards_on_s3_from_one_local_copy_per_node(aws, tmp_pa
     direct = ParquetEpisodes(data, ["static", "wrist"], chain, cache_remote=False)(file, group, row)
     cached = ParquetEpisodes(data, ["static", "wrist"], chain, cache_remote=True)(file, group, row)
     assert np.array_equal(cached["images"], direct["images"]) and np.array_equal(cached["actions"], direct["actions"])
-    copy = tmp_path / "cache" / "shards" / "s3" / file
-    assert copy.is_file() and copy.stat().st_size == remote_stamp("s3", file)[0]
+    copy = tmp_path / "cache" / "s3" / file
+    assert copy.is_file() and copy.stat().st_size == remote_stamp(f"s3://{file}")[0]
 
     # Later reads on this node are local: they work with the object gone from the bucket.
     import pyarrow.fs as pafs

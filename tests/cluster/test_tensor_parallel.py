@@ -19,7 +19,6 @@ import torch.multiprocessing as mp
 from procs import free_port
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-from vla.configuration import ConfigError
 from vla.model import ModelConfig, build_model
 from vla.model.backbones import tiny_config
 from vla.model.tokenizer import build_tiny_tokenizer
@@ -28,6 +27,7 @@ from vla.train.config import TrainConfig
 from vla.train.parallelize import parallelize
 from vla.train.schedule import build_scheduler
 from vla.train.tensor_parallel import check_divisible, clip_grad_norm, same_batch_in_group
+from vla.typed_config import ConfigError
 
 WORLD = 4
 TP = 2

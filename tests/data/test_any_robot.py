@@ -18,7 +18,8 @@ from test_lerobot import Layout, make_lerobot
 from vla.action_space import ActionSpace
 from vla.config import load_config
 from vla.data import DataError, Episode, EpisodeWriter, Normalization, load_metadata
-from vla.data.pipeline import episode_columns, episode_to_windows, load_tokenizer, split_files
+from vla.data.parquet_source import episode_columns, episode_to_windows, split_files
+from vla.data.pipeline import load_tokenizer
 from vla.model import build_model, build_tokenizer, save_export
 from vla.policy import Policy
 from vla.train.launch import check_run, run_training

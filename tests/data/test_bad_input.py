@@ -11,7 +11,7 @@ import pytest
 from episode_factories import marker_episode
 
 from vla.data import DataConfig, DataError, EpisodeWriter, build_window_stream, load_metadata, validate_dataset
-from vla.data.pipeline import episode_to_windows
+from vla.data.parquet_source import episode_to_windows
 
 FIRST = "train/part-00000.parquet"
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow.parquet as pq
-
 from episode_factories import CALVIN_SEGMENTS, make_calvin
+
 from vla.data import load_metadata, validate_dataset
 from vla.data.converters.calvin import convert_calvin
 from vla.data.episodes import decode_image

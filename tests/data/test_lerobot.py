@@ -18,8 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vla.data import DataError, load_metadata, validate_dataset
 from vla.action_space import ActionSpace
+from vla.data import DataError, load_metadata, validate_dataset
 from vla.data.converters.lerobot import assign_splits, convert_lerobot
 from vla.data.episodes import decode_image, encode_image
 from vla.data.grippers import gripper_to_pm1

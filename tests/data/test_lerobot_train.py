@@ -38,11 +38,11 @@ def lerobot_overrides(root: Path) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_training_reads_a_lerobot_video_folder(ray_session, tiny_run, lerobot_v3, tmp_path, monkeypatch):
-    import vla.data.lerobot_stream as lerobot_stream
+    import vla.data.lerobot_source as lerobot_source
 
     computed = []  # action and state statistics of the train episodes (a read of their columns), on this driver
-    normalization = lerobot_stream.lerobot_normalization
-    monkeypatch.setattr(lerobot_stream, "lerobot_normalization", lambda *a: computed.append(a[2]) or normalization(*a))
+    normalization = lerobot_source.lerobot_normalization
+    monkeypatch.setattr(lerobot_source, "lerobot_normalization", lambda *a: computed.append(a[2]) or normalization(*a))
     log = tmp_path / "windows"
     cfg = load_config(None, [*tiny_run(tmp_path, "lerobot"), *lerobot_overrides(lerobot_v3), f"data.window_log={log}",
                              "train.max_steps=3", "train.val_every=3", "run.export=false"])

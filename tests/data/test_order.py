@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from vla.data import DataConfig
-from vla.data.plan import EpisodeIndex, batch_diversity, epoch_plan, ideal_diversity, read_episode_index
+from vla.data.parquet_source import read_episode_index
+from vla.data.plan import EpisodeIndex, batch_diversity, epoch_plan, ideal_diversity
 
 
 def index_of(lengths) -> EpisodeIndex:

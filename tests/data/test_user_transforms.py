@@ -11,9 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from vla.config import load_config
-from vla.configuration import ConfigError
 from vla.data import DataConfig, build_window_stream, check_dataset
 from vla.train.launch import run_training
+from vla.typed_config import ConfigError
 
 
 def batches(cfg: DataConfig, tokenizer_dir: str) -> list[dict[str, np.ndarray]]:

@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 
 from vla.eval.evaluate import EvalOptions, run_evaluation
-from vla.eval.report import (
-    CLOSED_LOOP_FIELDS, FILES_FIELDS, OFFLINE_FIELDS, POLICY_FIELDS, REPORT_FIELDS,
-)
+from vla.eval.report import CLOSED_LOOP_FIELDS, FILES_FIELDS, OFFLINE_FIELDS, POLICY_FIELDS, REPORT_FIELDS
 from vla.eval.rollout import wilson_interval
 from vla.sim import OUTCOMES
 

@@ -19,11 +19,11 @@ import pytest
 from PIL import Image
 
 from vla.config import load_config
-from vla.configuration import ConfigError
 from vla.data import DataConfig, DataError, Episode, EpisodeWriter, load_metadata, validate_dataset
 from vla.data.converters.synthetic import convert_synthetic
-from vla.data.pipeline import decode_chain
+from vla.data.parquet_source import decode_chain
 from vla.train.launch import check_run, write_run_files
+from vla.typed_config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from published import build_published_folder
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vla.configuration import ConfigError
 from vla.model import ModelConfig, build_model, build_sharded_model, load_export, save_export
-
-from published import build_published_folder
+from vla.typed_config import ConfigError
 
 FAMILY = "paligemma2"  # published cut to 2 Gemma-2 blocks: a sliding-window one, then a full one
 

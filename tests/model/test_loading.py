@@ -8,16 +8,15 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from published import FAMILIES, build_published_folder
 from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
-from vla.configuration import ConfigError
 from vla.model import ModelConfig, build_model, build_sharded_model, pretrained_loader
 from vla.train.config import TrainConfig
 from vla.train.parallelize import weights_dtype_for
 from vla.train.step import build_trainer
-
-from published import FAMILIES, build_published_folder
+from vla.typed_config import ConfigError
 
 WORLD = 2
 

@@ -14,7 +14,6 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from vla.config import load_config
-from vla.configuration import ConfigError
 from vla.data import load_metadata
 from vla.data.stats import Normalization
 from vla.model import ModelConfig, build_model, save_export
@@ -24,6 +23,7 @@ from vla.policy import Policy
 from vla.sim import SimConfig, SyntheticEnv
 from vla.train.config import TrainConfig
 from vla.train.parallelize import parallelize
+from vla.typed_config import ConfigError
 
 HEADS = {"flow": {}, "l1_chunk": {"latent_num": 2}}  # fwd_pred_next_n is 2 in the tiny config
 SPACES = {

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from published import FAMILIES, PADDING_SIDE, SPECIAL_IDS, build_published_folder
 from transformers import AutoTokenizer
 
 from vla.config import load_config
-from vla.configuration import ConfigError
 from vla.data import Normalization, load_metadata
 from vla.data.pipeline import load_tokenizer
 from vla.data.transforms import Tokenize
@@ -23,8 +23,7 @@ from vla.model.sequence import assemble
 from vla.model.tokenizer import build_tiny_tokenizer
 from vla.policy import Policy
 from vla.sim import SimConfig, SyntheticEnv
-
-from published import FAMILIES, PADDING_SIDE, SPECIAL_IDS, build_published_folder
+from vla.typed_config import ConfigError
 
 # Qwen2-VL and Qwen2.5-VL take any multiple of 28; SmolVLM2 one 512 px tile.
 TOWER_SIZE = {"paligemma": 224, "kosmos2": 224, "llava": 336, "qwen2vl": 56, "qwen2_5_vl": 56, "smolvlm2": 512,

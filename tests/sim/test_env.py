@@ -77,9 +77,8 @@ def test_closing_away_from_the_target_grasps_nothing_and_the_expert_recovers():
 
 
 def test_noisy_demonstrations_record_the_experts_action_in_the_states_the_noise_reached():
-    from vla.data.converters.synthetic import rollout
+    from vla.data.converters.synthetic import convert_synthetic, rollout
     from vla.data.metadata import DataError
-    from vla.data.converters.synthetic import convert_synthetic
 
     env = SyntheticEnv()
     clean = [rollout(env, seed) for seed in range(20)]

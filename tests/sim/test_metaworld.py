@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 
 from vla.sim.metaworld import (  # first: it sets MUJOCO_GL before mujoco is imported
-    INSTRUCTIONS, MT10, MT50, MetaWorldEnv, MetaWorldError, resolve_tasks,
+    INSTRUCTIONS,
+    MT10,
+    MT50,
+    MetaWorldEnv,
+    MetaWorldError,
+    resolve_tasks,
 )
 
 pytest.importorskip("metaworld", reason="pip install -e '.[metaworld]'")

@@ -11,7 +11,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-
 ROOT = Path(__file__).resolve().parents[2]
 GCS_PORT = 6391
 DASHBOARD_PORT = 8272

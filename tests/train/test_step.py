@@ -239,8 +239,8 @@ def test_hsdp_2x1_trains_and_validation_is_split_between_ranks():
 
 
 def test_config_rejects_unknown_precision_optimizer_and_compile():
-    from vla.configuration import ConfigError
     from vla.config import load_config
+    from vla.typed_config import ConfigError
 
     for override in ("train.precision=fp8", "train.optimizer=sgd", "train.compile=maybe", "train.fsdp_unit=layer"):
         with pytest.raises(ConfigError, match=override.split("=")[0].split(".")[1]):

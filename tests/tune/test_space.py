@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from vla.config import load_config
-from vla.configuration import ConfigError
 from vla.tune.runner import SweepError, concurrent_trials, local_cpus, trial_resources
 from vla.tune.space import load_space, load_sweep, parse_space
+from vla.typed_config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = load_config(None, ["train.val_every=10", "train.max_steps=100", "train.checkpoint_every=50"]).to_dict()

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vla.configuration import check
 from vla.data.grippers import GripperError, parse_gripper
+from vla.typed_config import check
 
 
 @dataclass

@@ -20,13 +20,12 @@ Columns of every shard (one row = one episode of ``num_steps`` steps):
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from vla.action_space import ActionSpace
+from vla.storage import filesystem
 
 SCHEMA_VERSION = 1
 METADATA_FILE = "metadata.json"
@@ -34,15 +33,6 @@ METADATA_FILE = "metadata.json"
 
 class DataError(ValueError):
     """A dataset is missing, malformed or unusable; the message names file, episode and field."""
-
-
-def open_root(root: str) -> tuple[pafs.FileSystem, str]:
-    """The pyarrow filesystem of ``root`` and the path inside it (local paths made absolute)."""
-    if "://" in root:
-        fs, path = pafs.FileSystem.from_uri(root)
-    else:
-        fs, path = pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(root))
-    return fs, path.rstrip("/")
 
 
 def image_column(camera: str) -> str:
@@ -147,7 +137,7 @@ class DatasetMetadata:
 
 def load_metadata(root: str) -> DatasetMetadata:
     """Read ``<root>/metadata.json``; a missing or malformed file raises ``DataError`` naming it."""
-    fs, path = open_root(root)
+    fs, path = filesystem(root)
     where = f"{root.rstrip('/')}/{METADATA_FILE}"
     try:
         with fs.open_input_stream(f"{path}/{METADATA_FILE}") as f:
@@ -166,6 +156,6 @@ def load_metadata(root: str) -> DatasetMetadata:
 
 
 def save_metadata(root: str, meta: DatasetMetadata) -> None:
-    fs, path = open_root(root)
+    fs, path = filesystem(root)
     with fs.open_output_stream(f"{path}/{METADATA_FILE}") as f:
         f.write(meta.to_json().encode())

@@ -1,4 +1,5 @@
-"""The data stream: Parquet episode shards -> decoded episodes (Ray tasks) -> batches of windows.
+"""The window stream of any episode source (``vla.data.sources``): episodes decoded in Ray tasks ->
+batches of windows.
 
 In the driver (checks the dataset before any worker starts)::
 
@@ -30,55 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from vla.action_space import ActionSpace
-from vla.configuration import ConfigError, import_function
 from vla.data.config import DataConfig
-from vla.data.episodes import Problem, camera_frame_sizes, check_schema
-from vla.data.metadata import DataError, DatasetMetadata, image_column, load_metadata, open_root
-from vla.data.plan import EpisodeIndex, EpochPlan, epoch_plan, read_episode_index
-from vla.data.shard_cache import open_shard
-from vla.data.stats import Normalization, compute_stats
-from vla.data.transforms import (
-    CheckRow,
-    ColorJitter,
-    CutWindows,
-    DecodeImages,
-    EpisodeChain,
-    Normalize,
-    RandomShift,
-    Tokenize,
-    WindowBatcher,
-)
-
-
-def split_files(root: str, meta: DatasetMetadata, split: str, cameras: list[str]) -> list[str]:
-    """The shard paths of ``split`` after cheap checks (metadata, file existence, every
-    shard's schema from its footer); every problem found is raised in one ``DataError``."""
-    fs, path = open_root(root)
-    info = meta.splits.get(split)
-    if info is None:
-        raise DataError(f"{root}: no split {split!r} (splits: {', '.join(meta.splits) or 'none'})")
-    if info.episodes == 0 or not info.shards:
-        raise DataError(f"{root}: split {split!r} is empty (no episodes)")
-    problems = [Problem("metadata.json", f"camera {c!r} is not in the dataset ({', '.join(meta.cameras)})",
-                         field="cameras") for c in cameras if c not in meta.cameras]
-    files = []
-    for shard in info.shards:
-        file = f"{path}/{shard.file}"
-        try:
-            with fs.open_input_file(file) as f:
-                problems += check_schema(pq.read_schema(f), cameras, shard.file)
-        except FileNotFoundError:
-            problems.append(Problem(shard.file, "shard listed in metadata.json is missing"))
-        except (OSError, ValueError) as err:  # pyarrow raises ArrowInvalid (a ValueError) for bad files
-            problems.append(Problem(shard.file, f"shard cannot be read: {err}"))
-        files.append(file)
-    if problems:
-        raise DataError(f"{root}: {len(problems)} problem(s):\n" + "\n".join(f"  {p}" for p in problems))
-    return files
+from vla.data.metadata import DataError
+from vla.data.plan import EpisodeIndex, EpochPlan, epoch_plan
+from vla.data.stats import Normalization
+from vla.data.transforms import ColorJitter, CutWindows, RandomShift, Tokenize, WindowBatcher
+from vla.typed_config import ConfigError, import_function
 
 
 def load_tokenizer(tokenizer_dir: str):
@@ -91,12 +52,6 @@ def load_tokenizer(tokenizer_dir: str):
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
-
-
-def episode_columns(cameras: list[str], state: bool = False) -> list[str]:
-    """The columns a decode task reads (``state`` too when the model reads the robot state)."""
-    return ["episode_id", "instruction", "num_steps", "actions", *(["state"] if state else []),
-            *(image_column(c) for c in cameras)]
 
 
 def frame_margin(data_cfg: DataConfig, train: bool) -> int:
@@ -122,19 +77,6 @@ def user_transforms(data_cfg: DataConfig) -> list[Callable[[dict], dict]]:
     return functions
 
 
-def decode_chain(data_cfg: DataConfig, meta: DatasetMetadata, image_size: int, margin: int = 0,
-                 normalization: Normalization | None = None) -> EpisodeChain:
-    """What a decode task does to a stored episode row (tokenizing happens in the worker);
-    ``normalization`` defaults to the metadata's train statistics, without the state. The state
-    is read and normalized when ``normalization`` has a state normalizer."""
-    normalization = normalization or Normalization.from_metadata(meta, data_cfg, use_state=False)
-    state_dim = meta.state_dim if normalization.state is not None else None
-    return EpisodeChain([CheckRow(data_cfg.cameras, meta.action_space, state_dim),
-                         DecodeImages(data_cfg.cameras, image_size, camera_frame_sizes(meta.cameras, data_cfg.cameras),
-                                      margin),
-                         Normalize(normalization)])
-
-
 def window_batcher(data_cfg: DataConfig, *, window_size: int, fwd_pred_next_n: int, train: bool) -> WindowBatcher:
     """Cuts windows out of episodes decoded with ``frame_margin(data_cfg, train)``."""
     shift = train and (data_cfg.shift_static or data_cfg.shift_wrist)
@@ -146,22 +88,6 @@ def window_batcher(data_cfg: DataConfig, *, window_size: int, fwd_pred_next_n: i
         seed=data_cfg.seed,
         margin=frame_margin(data_cfg, train),
     )
-
-
-@dataclass
-class ParquetEpisodes:
-    """Reads one stored episode and runs ``chain`` on it (the body of a decode task)."""
-
-    root: str
-    cameras: list[str]
-    chain: EpisodeChain
-    cache_remote: bool = True  # data.cache_remote: read shards on object storage from a node-local copy
-    state: bool = False  # read the state column (the model reads the robot state)
-
-    def __call__(self, file: str, row_group: int, row: int) -> dict:
-        with open_shard(self.root, file, self.cache_remote) as f:
-            table = pq.ParquetFile(f).read_row_group(row_group, columns=episode_columns(self.cameras, self.state))
-        return self.chain({**table.slice(row, 1).to_pylist()[0], "path": file})
 
 
 @dataclass
@@ -351,85 +277,3 @@ def state_dim_used(dataset_state_dim: int | None, use_state: bool | None, where:
     if use_state and not dataset_state_dim:
         raise DataError(f"{where}: the dataset has no state, but model.use_state is true")
     return int(dataset_state_dim or 0) if use_state is not False else 0
-
-
-def check_dataset(data_cfg: DataConfig, splits: list[str], use_state: bool | None = None) -> DataSpec:
-    """What a run checks on the driver before Ray starts (metadata, every shard's footer and
-    schema; for ``data.format: lerobot`` the folder's metadata, features, data files and videos),
-    raising ``DataError`` naming the file and field; returns the dataset's ``DataSpec``
-    (``use_state`` is ``model.use_state``)."""
-    user_transforms(data_cfg)
-    if data_cfg.format == "lerobot":
-        from vla.data.lerobot_stream import check_lerobot  # it builds on this module
-
-        return check_lerobot(data_cfg, splits, use_state)
-    meta = load_metadata(data_cfg.path)
-    files = {split: split_files(data_cfg.path, meta, split, data_cfg.cameras) for split in splits}
-    state_dim = state_dim_used(meta.state_dim, use_state, f"{data_cfg.path}/metadata.json")
-    train = meta.splits.get(data_cfg.train_split)
-    if state_dim and train is not None and train.state_stats is None:  # written before state statistics
-        train_files = files.get(data_cfg.train_split) or split_files(data_cfg.path, meta, data_cfg.train_split,
-                                                                     data_cfg.cameras)
-        train.state_stats = compute_stats(open_root(data_cfg.path)[0], train_files, "state", state_dim)
-    return DataSpec(meta.action_space, state_dim, Normalization.from_metadata(meta, data_cfg, bool(state_dim)))
-
-
-def build_window_stream(data_cfg: DataConfig, split: str, *, window_size: int, fwd_pred_next_n: int,
-                        image_size: int, tokenizer_dir: str, train: bool,
-                        normalization: Normalization | None = None) -> WindowStream:
-    """The stream of ``split``'s windows (of Parquet episodes, or of a LeRobot folder with
-    ``data.format: lerobot``). Structural problems raise ``DataError`` here, before training.
-
-    ``normalization``: the run's (``check_dataset`` returns it); the windows carry the state when
-    it has a state normalizer. Without it the stream computes the actions' alone (a pass over a
-    LeRobot folder's actions).
-    """
-    if data_cfg.format == "lerobot":
-        from vla.data.lerobot_stream import build_lerobot_stream  # it builds on this module
-
-        return build_lerobot_stream(data_cfg, split, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n,
-                                    image_size=image_size, tokenizer_dir=tokenizer_dir, train=train,
-                                    normalization=normalization)
-    meta = load_metadata(data_cfg.path)
-    split_files(data_cfg.path, meta, split, data_cfg.cameras)
-    chain = decode_chain(data_cfg, meta, image_size, frame_margin(data_cfg, train), normalization)
-    return WindowStream(
-        data_cfg=data_cfg,
-        split=split,
-        index=read_episode_index(data_cfg.path, split),
-        reader=ParquetEpisodes(data_cfg.path, data_cfg.cameras, chain, data_cfg.cache_remote,
-                               state=normalization is not None and normalization.state is not None),
-        tokenize=Tokenize(load_tokenizer(tokenizer_dir), data_cfg.max_text_len),
-        batcher=window_batcher(data_cfg, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n, train=train),
-        train=train,
-        transforms=user_transforms(data_cfg),
-    )
-
-
-@dataclass
-class InProcessWindows:
-    """The stream's transforms without Ray: every window of every episode row of a table, in
-    this process (the plain-loop benchmark, tests, the closed-loop guard)."""
-
-    decode: EpisodeChain
-    tokenize: Tokenize
-    batcher: WindowBatcher
-
-    def windows(self, table, epoch: int = 0) -> Iterator[dict[str, np.ndarray]]:
-        """One dict of stacked windows (the batch keys) per episode row of ``table``."""
-        for row in table.to_pylist():
-            episode = self.decode({**row, "path": row.get("path", "<table>")})
-            episode = self.tokenize(episode)
-            starts = self.batcher.cut.starts(len(episode["actions"])).tolist()
-            yield self.batcher([episode] * len(starts), starts, [row["episode_id"]] * len(starts), epoch)
-
-
-def episode_to_windows(data_cfg: DataConfig, meta: DatasetMetadata, *, window_size: int, fwd_pred_next_n: int,
-                       image_size: int, tokenizer, train: bool,
-                       normalization: Normalization | None = None) -> InProcessWindows:
-    """The transforms of ``build_window_stream`` as one in-process chain (rows read with
-    ``episode_columns(cameras, state=True)`` where ``normalization`` has a state normalizer)."""
-    return InProcessWindows(decode_chain(data_cfg, meta, image_size, frame_margin(data_cfg, train), normalization),
-                            Tokenize(tokenizer, data_cfg.max_text_len),
-                            window_batcher(data_cfg, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n,
-                                           train=train))

@@ -20,10 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from vla.data.config import DataConfig
-from vla.data.metadata import DataError, load_metadata, open_root
 
 
 @dataclass(frozen=True)
@@ -36,37 +34,6 @@ class EpisodeIndex:
 
     def windows_per_episode(self, stride: int) -> np.ndarray:
         return -(-self.num_steps // stride)
-
-
-def read_episode_index(root: str, split: str) -> EpisodeIndex:
-    """Reads only the ``episode_id`` and ``num_steps`` columns and the footers of the split's shards."""
-    meta = load_metadata(root)
-    if split not in meta.splits:
-        raise DataError(f"{root}: no split {split!r} (splits: {', '.join(meta.splits) or 'none'})")
-    fs, path = open_root(root)
-    ids, steps, addresses = [], [], []
-    for shard in meta.splits[split].shards:
-        file = f"{path}/{shard.file}"
-        with fs.open_input_file(file) as f:
-            parquet = pq.ParquetFile(f)
-            for group in range(parquet.num_row_groups):
-                table = parquet.read_row_group(group, columns=["episode_id", "num_steps"])
-                ids += table["episode_id"].to_pylist()
-                steps += table["num_steps"].to_pylist()
-                addresses += [(file, group, row) for row in range(len(table))]
-    return EpisodeIndex(np.asarray(ids, np.int64), np.asarray(steps, np.int64), addresses)
-
-
-def count_windows(data_cfg: DataConfig, split: str) -> int:
-    """Windows per epoch of ``split``: ``ceil(num_steps / stride)`` per episode, summed (the
-    count the schedule uses; the plan gives every rank ``count // world_size`` of them)."""
-    if data_cfg.format == "lerobot":
-        from vla.data.lerobot_stream import open_lerobot  # it builds on this module
-
-        index = open_lerobot(data_cfg).index(split)
-    else:
-        index = read_episode_index(data_cfg.path, split)
-    return int(index.windows_per_episode(data_cfg.stride).sum())
 
 
 @dataclass(frozen=True)

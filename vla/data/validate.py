@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from vla.data.episodes import Problem, camera_frame_sizes, check_schema, frame_problems, row_problems
-from vla.data.metadata import METADATA_FILE, DataError, DatasetMetadata, load_metadata, open_root
-from vla.data.pipeline import episode_columns
+from vla.data.metadata import METADATA_FILE, DataError, DatasetMetadata, load_metadata
+from vla.data.parquet_source import episode_columns
+from vla.storage import filesystem
 
 
 def validate_dataset(root: str, *, decode_images: bool = True) -> list[Problem]:
@@ -28,7 +29,7 @@ def validate_dataset(root: str, *, decode_images: bool = True) -> list[Problem]:
     except DataError as err:
         return [Problem(METADATA_FILE, str(err))]
     problems = _metadata_problems(meta)
-    fs, path = open_root(root)
+    fs, path = filesystem(root)
     for name, split in meta.splits.items():
         listed = {s.file for s in split.shards}
         on_disk = pafs.FileSelector(f"{path}/{name}", allow_not_found=True)

@@ -52,11 +52,11 @@ from vla.data.metadata import (
     episode_schema,
     image_column,
     load_metadata,
-    open_root,
     save_metadata,
 )
 from vla.data.stats import compute_stats
 from vla.ray_init import start_or_join_ray
+from vla.storage import filesystem, is_uri
 
 DEFAULT_SHARD_BYTES = 256 << 20
 ROW_GROUP_BYTES = 4 << 20  # a decode task reads the whole row group holding its episode
@@ -104,7 +104,7 @@ class EpisodeWriter:
         check_writer_args(root, cameras, image_encoding, jpeg_quality, max_shard_bytes)
         self.target, self.cameras = root, list(cameras)
         self.root = staging_folder(root) if stage and not is_uri(root) else root
-        self.fs, self.path = open_root(self.root)
+        self.fs, self.path = filesystem(self.root)
         if self.root == root:
             forget_finished(root)
         self.fs.create_dir(self.path, recursive=True)
@@ -257,7 +257,7 @@ def check_writer_args(root: str, cameras: list[str], image_encoding: str, jpeg_q
 
 def check_replaceable(root: str) -> None:
     """A local target must be absent, empty, or a dataset: any other folder would be replaced whole."""
-    fs, path = open_root(root)
+    fs, path = filesystem(root)
     info = fs.get_file_info(path)
     if info.type == FileType.NotFound:
         return
@@ -268,20 +268,16 @@ def check_replaceable(root: str) -> None:
                         "may replace; choose an empty or new folder")
 
 
-def is_uri(root: str) -> bool:
-    return "://" in root
-
-
 def staging_folder(root: str) -> str:
     """A fresh folder beside ``root`` (same filesystem, so the final rename is atomic)."""
-    _, path = open_root(root)
+    _, path = filesystem(root)
     parent, name = os.path.split(path)
     return os.path.join(parent, f".{name}.partial-{uuid.uuid4().hex[:8]}")
 
 
 def swap_in(staging: str, root: str) -> None:
     """Replace ``root`` by the complete dataset in ``staging`` (two renames, then the old one goes)."""
-    _, target = open_root(root)
+    _, target = filesystem(root)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     old = None
     if os.path.exists(target):
@@ -295,7 +291,7 @@ def swap_in(staging: str, root: str) -> None:
 def forget_finished(root: str) -> None:
     """A folder being (re)written is no finished dataset: remove its ``metadata.json`` first, so a
     failed conversion into an old dataset's folder never leaves the old metadata claiming new shards."""
-    fs, path = open_root(root)
+    fs, path = filesystem(root)
     if fs.get_file_info(f"{path}/{METADATA_FILE}").type != FileType.NotFound:
         fs.delete_file(f"{path}/{METADATA_FILE}")
 
@@ -303,7 +299,7 @@ def forget_finished(root: str) -> None:
 def add_stats(root: str, meta: DatasetMetadata) -> None:
     """Fill ``action_stats`` (and ``state_stats`` when the episodes have states) of every non-empty
     split by the streaming pass over its shards."""
-    fs, path = open_root(root)
+    fs, path = filesystem(root)
     for name, split in meta.splits.items():
         if split.steps:
             files = [f"{path}/{s.file}" for s in split.shards]
@@ -315,12 +311,12 @@ def add_stats(root: str, meta: DatasetMetadata) -> None:
 def merge_datasets(root: str, parts: list[str]) -> DatasetMetadata:
     """Move the shards of the partial datasets ``parts`` (written with ``compute_stats=False``)
     into ``root`` under consecutive names, then write the combined ``metadata.json``."""
-    fs, path = open_root(root)
+    fs, path = filesystem(root)
     forget_finished(root)
     merged: DatasetMetadata | None = None
     for part in parts:
         meta = load_metadata(part)
-        part_fs, part_path = open_root(part)
+        part_fs, part_path = filesystem(part)
         if merged is None:
             merged = DatasetMetadata(cameras=meta.cameras, splits={}, action_space=meta.action_space,
                                      state_dim=meta.state_dim, state_names=meta.state_names, source=meta.source)
@@ -379,7 +375,7 @@ def write_dataset(
 
     start_or_join_ray(log_to_driver=False)  # only now, once every argument has been checked
     staging = root if is_uri(root) else staging_folder(root)
-    fs, path = open_root(staging)
+    fs, path = filesystem(staging)
     try:
         parts = [f"{staging.rstrip('/')}/_parts/job-{i:05d}" for i in range(len(jobs))]
         remote = ray.remote(_write_part)

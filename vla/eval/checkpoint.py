@@ -32,8 +32,8 @@ from vla.eval.settings import EvalConfig
 from vla.model import VLAModel, build_model, build_tokenizer
 from vla.model.export import NORMALIZATION_FILE
 from vla.policy.policy import Policy, Preprocessor
+from vla.storage import read_bytes
 from vla.train.checkpoint import read_train_state
-from vla.train.storage import read_bytes
 
 log = logging.getLogger("vla.eval")
 

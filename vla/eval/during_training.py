@@ -39,8 +39,8 @@ import ray.train
 
 from vla.config import Config
 from vla.eval.checkpoint import SUCCESS_METRIC, evaluate_checkpoint
+from vla.storage import is_uri
 from vla.train.progress import RunLogger
-from vla.train.storage import is_uri
 
 log = logging.getLogger("vla.eval")
 

@@ -16,12 +16,12 @@ from pathlib import Path
 from vla.config import Config
 from vla.data import load_metadata
 from vla.eval.calvin import calvin_available
+from vla.eval.environments import environment_for, evaluation_episodes
 from vla.eval.offline import evaluate_offline
 from vla.eval.report import plot_results, save_rollouts, write_report
-from vla.eval.environments import environment_for, evaluation_episodes
 from vla.eval.rollout import ConstantPolicy, RandomPolicy, rollout_in_parallel, summarize
 from vla.policy import Policy, load_run_config
-from vla.train.storage import localize, normalize_storage_path
+from vla.storage import localize, normalize_path
 
 log = logging.getLogger("vla.eval")
 
@@ -82,7 +82,7 @@ def run_evaluation(export_dir: str, out_dir: str, options: EvalOptions) -> dict:
     ``export_dir`` may be on object storage (``s3://...``): this process reads a local copy, and
     the rollout tasks are handed the location itself, so each loads it on its own node
     (``Policy.load`` caches it there)."""
-    location = normalize_storage_path(export_dir)  # a URI as it is, a local path absolute
+    location = normalize_path(export_dir)  # a URI as it is, a local path absolute
     export_dir = localize(location)
     out = Path(out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)

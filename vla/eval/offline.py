@@ -20,9 +20,9 @@ import torch
 
 from vla.config import Config
 from vla.data import build_window_stream, load_metadata
-from vla.data.metadata import open_root
-from vla.data.pipeline import episode_to_windows, episode_columns, split_files
+from vla.data.parquet_source import episode_columns, episode_to_windows, split_files
 from vla.policy import Policy
+from vla.storage import filesystem
 
 
 @torch.no_grad()
@@ -87,7 +87,7 @@ def local_batches(run: Config, split: str, policy: Policy, batch_size: int) -> I
     """Batches of ``split``'s windows in file order, read and transformed in this process as
     ``policy`` was trained (its image size, tokenizer and normalization)."""
     meta = load_metadata(run.data.path)
-    fs, _ = open_root(run.data.path)
+    fs, _ = filesystem(run.data.path)
     transform = episode_to_windows(run.data, meta, window_size=run.model.window_size,
                                    fwd_pred_next_n=run.model.fwd_pred_next_n, image_size=policy.model.image_size,
                                    tokenizer=policy.preprocessor.tokenize.tokenizer, train=False,

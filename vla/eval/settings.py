@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vla.configuration import check
+from vla.typed_config import check
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vla.configuration import check
+from vla.typed_config import check
 
 BACKBONES = ("paligemma", "kosmos2", "llava", "qwen2vl", "qwen2_5_vl", "smolvlm2", "paligemma2")
 HEADS = ("lstm", "mlp", "l1_chunk", "flow")

@@ -21,12 +21,12 @@ import yaml
 from safetensors.torch import save_file
 from transformers import AutoTokenizer
 
-from vla.configuration import from_dict, to_dict
 from vla.model.backbones import BACKBONES
 from vla.model.config import ModelConfig
 from vla.model.loading import load_state
 from vla.model.tokenizer import build_tokenizer
 from vla.model.vla_model import VLAModel, build_model
+from vla.typed_config import from_dict, to_dict
 
 WEIGHTS = "model.safetensors"
 MODEL_CONFIG = "model_config.json"

@@ -34,10 +34,10 @@ from torch.distributed.tensor import DTensor
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping
 
-from vla.configuration import ConfigError
 from vla.model.config import ModelConfig
 from vla.model.trainable import is_lora_parameter
 from vla.model.vla_model import VLAModel, build_model
+from vla.typed_config import ConfigError
 
 Reader = Callable[[slice | None], torch.Tensor]  # rows of dim 0 (None: the whole tensor)
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from transformers import PretrainedConfig, PreTrainedTokenizerBase
-
 from torch import nn
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 from vla.model.backbones import Backbone, build_backbone, image_size_for
 from vla.model.config import ModelConfig

@@ -31,7 +31,7 @@ from vla.data.stats import Normalization
 from vla.data.transforms import Tokenize
 from vla.model import ActionStepper, VLAModel, load_export
 from vla.model.export import read_normalization, read_run_config
-from vla.train.storage import localize
+from vla.storage import localize
 
 Observation = dict  # {"images": {camera: HxWx3 uint8}, "instruction": str, "state": [S] floats}
 

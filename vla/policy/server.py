@@ -35,10 +35,10 @@ from fastapi import FastAPI, WebSocket
 from ray import serve
 from ray.serve import Application
 
-from vla.configuration import check, from_dict
 from vla.policy.msgpack_numpy import WireError, packb, unpackb
 from vla.policy.policy import Observation, Policy
 from vla.policy.protocol import ObservationError, metadata, parse_observation
+from vla.typed_config import check, from_dict
 
 APP_NAME = "vla-policy"
 PROXY_FRAME_LIMIT_MB = 16.0  # the Serve proxy's own websocket limit (uvicorn's default)

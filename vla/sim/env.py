@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vla.configuration import check
+from vla.typed_config import check
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (230, 40, 40),

@@ -29,7 +29,7 @@ from functools import cache
 
 import numpy as np
 
-from vla.configuration import check
+from vla.typed_config import check
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must be set before mujoco is imported
 

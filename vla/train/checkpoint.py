@@ -36,8 +36,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from vla.storage import filesystem
 from vla.train import collectives
-from vla.train.storage import filesystem
 
 log = logging.getLogger("vla.train")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vla.configuration import check
 from vla.eval.settings import EvalConfig
+from vla.typed_config import check
 
 
 @dataclass

@@ -13,7 +13,7 @@ import signal
 
 import torch.distributed as dist
 
-from vla.train.storage import exists, write_bytes
+from vla.storage import exists, write_bytes
 
 
 def maybe_kill_after_checkpoint(step: int, kill_at: int, run_dir: str) -> None:

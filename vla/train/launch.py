@@ -18,24 +18,22 @@ from pathlib import Path
 import ray
 import ray.train
 import yaml
-from ray.train.torch import TorchTrainer
 from ray.train import UserCallback
+from ray.train.torch import TorchTrainer
 
 from vla.config import Config
-from vla.configuration import ConfigError, to_dict
 from vla.data import Normalization, build_window_stream, check_dataset, count_windows
 from vla.data.converters.synthetic import convert_synthetic
 from vla.data.metadata import METADATA_FILE
 from vla.data.pipeline import DataSpec
 from vla.model import build_tokenizer, run_image_size
-from vla.ray_init import start_or_join_ray
 from vla.model.export import RUN_CONFIG_FILE, run_files
+from vla.ray_init import start_or_join_ray
+from vla.storage import check_storage, exists, is_uri, normalize_path, read_bytes, run_path, upload, uri_of, write_bytes
 from vla.train.checkpoint import set_aside_stale_ray_snapshot
 from vla.train.config import TrainConfig
 from vla.train.loop import EXPORT_DIR, train_loop_per_worker
-from vla.train.storage import (
-    check_storage, exists, is_uri, normalize_storage_path, read_bytes, run_path, upload, uri_of, write_bytes,
-)
+from vla.typed_config import ConfigError, to_dict
 
 log = logging.getLogger("vla.train")
 
@@ -127,7 +125,7 @@ def check_run(cfg: Config) -> CheckedRun:
     """Config, dataset metadata and every shard's footer and schema, checked on the driver with no
     Ray and no writes; raises ``ConfigError`` or ``DataError`` naming the file and field."""
     splits = [cfg.data.train_split] + ([cfg.data.val_split] if cfg.train.val_every else [])
-    run_dir = run_path(normalize_storage_path(cfg.run.storage_path), cfg.run.name)
+    run_dir = run_path(normalize_path(cfg.run.storage_path), cfg.run.name)
     if cfg.model.use_state is None and started_before_state(run_dir):
         log.info("%s was started before the model read robot states: resuming it without", run_dir)
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, use_state=False))
@@ -196,7 +194,7 @@ def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = (), checked: 
     """
     checked = checked or check_run(cfg)
     cfg, run_dir, normalization_json = checked.cfg, checked.run_dir, checked.normalization_json
-    storage_path = normalize_storage_path(cfg.run.storage_path)
+    storage_path = normalize_path(cfg.run.storage_path)
     write_run_files(run_dir, cfg, normalization_json)
     set_aside_stale_ray_snapshot(run_dir)
     tokenizer_dir = tokenizer_directory(cfg, run_dir)

@@ -37,18 +37,13 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 from vla.config import Config, resolve_config
 from vla.eval.during_training import CheckpointEvaluator
 from vla.model import build_model, count_parameters, pretrained_loader, save_export
+from vla.storage import exists, is_uri, upload, write_bytes
 from vla.train import collectives
-from vla.train.checkpoint import (
-    TrainState,
-    choose_resume_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from vla.train.checkpoint import TrainState, choose_resume_checkpoint, load_checkpoint, save_checkpoint
 from vla.train.faults import maybe_kill_after_checkpoint
 from vla.train.parallelize import reshard, weights_dtype_for
 from vla.train.progress import MetricSums, RunLogger
 from vla.train.step import Batch, Trainer, build_trainer, forward_loss, to_device, train_step
-from vla.train.storage import exists, is_uri, upload, write_bytes
 
 log = logging.getLogger("vla.train")
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
+from vla.storage import exists, is_uri, read_bytes, upload
 from vla.train import collectives
-from vla.train.storage import exists, is_uri, read_bytes, upload
 
 log = logging.getLogger("vla.train")
 

@@ -23,12 +23,12 @@ import yaml
 from ray import tune
 
 from vla.config import resolve_config
-from vla.configuration import to_dict
-from vla.train.launch import total_steps_of
 from vla.model.export import RUN_CONFIG_FILE
+from vla.storage import exists, read_bytes, with_scheme_of, write_bytes
+from vla.train.launch import total_steps_of
 from vla.train.loop import EXPORT_DIR
-from vla.train.storage import exists, read_bytes, with_scheme_of, write_bytes
 from vla.tune.runner import Sweep
+from vla.typed_config import to_dict
 
 log = logging.getLogger("vla.tune")
 

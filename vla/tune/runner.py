@@ -20,10 +20,10 @@ from ray import tune
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY
 
 from vla.config import Config, resolve_config
-from vla.train.config import TrainConfig
 from vla.ray_init import start_or_join_ray
+from vla.storage import exists, normalize_path, read_bytes, run_path, write_bytes
+from vla.train.config import TrainConfig
 from vla.train.launch import build_trainer, check_run, ensure_ray, total_steps_of, with_demo_data
-from vla.train.storage import exists, normalize_storage_path, read_bytes, run_path, write_bytes
 from vla.tune.scoring import SweepReportCallback, finished_step, score_checkpoint
 from vla.tune.space import PRESET_KEY, SearchSpace, apply_overrides, check_run_length
 
@@ -114,7 +114,7 @@ def _make_trainable(sweep: Sweep):
 
     def run_trial(sample: dict[str, Any]) -> None:
         cfg = trial_config(sweep, sample, tune.get_context().get_trial_name())
-        run_dir = run_path(normalize_storage_path(cfg.run.storage_path), cfg.run.name)
+        run_dir = run_path(normalize_path(cfg.run.storage_path), cfg.run.name)
         # A trial re-run after its training had finished (e.g. the sweep's driver died before
         # Tune recorded it) resumes at the end and reports nothing new: report its result here.
         already_trained = finished_step(run_dir) >= total_steps_of(cfg)
@@ -224,7 +224,7 @@ def make_sweep(name: str, space: SearchSpace, base_cfg: Config) -> Sweep:
     a ``SweepError`` when that folder holds a sweep defined otherwise."""
     base_cfg = with_demo_data(base_cfg)
     check_run_length(space.sweep, base_cfg, total_steps_of(base_cfg))
-    storage = normalize_storage_path(base_cfg.run.storage_path)
+    storage = normalize_path(base_cfg.run.storage_path)
     sweep = Sweep(name=name, directory=f"{storage.rstrip('/')}/{name}", space=space, base=base_cfg.to_dict())
     if tune.Tuner.can_restore(sweep.directory):
         check_same_sweep(sweep)

@@ -22,8 +22,8 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallba
 
 from vla.config import Config
 from vla.eval.checkpoint import evaluate_checkpoint
+from vla.storage import exists, filesystem
 from vla.train.checkpoint import TRAIN_STATE_FILE
-from vla.train.storage import exists, filesystem
 
 log = logging.getLogger("vla.tune")
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from vla.configuration import ConfigError, check, from_dict, load_yaml, parse_override, set_dotted
+from vla.typed_config import ConfigError, check, from_dict, load_yaml, parse_override, set_dotted
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "grid")
 PRESET_KEY = "preset"

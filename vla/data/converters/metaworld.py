@@ -32,12 +32,22 @@ from tqdm import tqdm
 
 from vla.action_space import ActionSpace
 from vla.data.episodes import Episode
-from vla.data.metadata import DataError, DatasetMetadata, open_root
+from vla.data.metadata import DataError, DatasetMetadata
 from vla.data.writer import EpisodeWriter
 from vla.sim.metaworld import (
-    ACTION_NAMES, CAMERAS, INSTRUCTIONS, MAX_PATH_LENGTH, MT50, STATE_NAMES, MetaWorldConfig, MetaWorldEnv,
-    MetaWorldError, check_gl, resolve_tasks,
+    ACTION_NAMES,
+    CAMERAS,
+    INSTRUCTIONS,
+    MAX_PATH_LENGTH,
+    MT50,
+    STATE_NAMES,
+    MetaWorldConfig,
+    MetaWorldEnv,
+    MetaWorldError,
+    check_gl,
+    resolve_tasks,
 )
+from vla.storage import filesystem
 
 log = logging.getLogger("vla.data")
 
@@ -219,14 +229,14 @@ def task_of(episode: Episode) -> str:
 
 
 def write_sidecar(root: str, sidecar: dict) -> None:
-    fs, path = open_root(root)
+    fs, path = filesystem(root)
     with fs.open_output_stream(f"{path}/{SIDECAR}") as f:
         f.write(json.dumps(sidecar, indent=2).encode())
 
 
 def read_sidecar(root: str) -> dict:
     """``metaworld.json`` of a MetaWorld dataset root; a missing one is a ``DataError`` naming it."""
-    fs, path = open_root(root)
+    fs, path = filesystem(root)
     try:
         with fs.open_input_stream(f"{path}/{SIDECAR}") as f:
             return json.loads(f.read())

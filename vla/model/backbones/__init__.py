@@ -12,7 +12,6 @@ import torch
 from transformers import PretrainedConfig, PreTrainedTokenizerBase
 from transformers.modeling_utils import local_torch_dtype
 
-from vla.configuration import ConfigError
 from vla.model.backbones.base import GROUPS, Backbone, SpecialIds
 from vla.model.backbones.kosmos2 import Kosmos2Backbone
 from vla.model.backbones.llava import LlavaBackbone
@@ -24,6 +23,7 @@ from vla.model.backbones.smolvlm2 import SmolVLM2Backbone
 from vla.model.backbones.tiny import TINY_CONFIGS, TinySpec
 from vla.model.config import ModelConfig
 from vla.model.meta import parameters_on_meta
+from vla.typed_config import ConfigError
 
 log = logging.getLogger("vla.model")
 

@@ -9,7 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from transformers import (
-    Kosmos2Config, LlavaConfig, PaliGemmaConfig, PretrainedConfig, Qwen2_5_VLConfig, Qwen2VLConfig, SmolVLMConfig,
+    Kosmos2Config,
+    LlavaConfig,
+    PaliGemmaConfig,
+    PretrainedConfig,
+    Qwen2_5_VLConfig,
+    Qwen2VLConfig,
+    SmolVLMConfig,
 )
 
 PATCH_SIZE = 8

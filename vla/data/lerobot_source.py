@@ -3,11 +3,11 @@ first converting it to Parquet episodes: each decode task reads one episode's ro
 file and decodes its frames from the video with PyAV (``vla.data.converters.lerobot``), resizes
 them and normalizes the actions; the plan, the windows and the batches are those of
 ``vla.data.pipeline.WindowStream``. Training reads such a folder with ``data.format: lerobot``
-(``build_window_stream``, ``count_windows`` and ``check_dataset`` come here)::
+(``vla.data.sources`` opens it as a ``LeRobotFolderSource``)::
 
     data_cfg = DataConfig(path="/data/lerobot/pusht", format="lerobot")
-    stream = build_lerobot_stream(data_cfg, "train", window_size=8, fwd_pred_next_n=1, image_size=224,
-                                  tokenizer_dir=tok, train=True)
+    stream = build_window_stream(data_cfg, "train", window_size=8, fwd_pred_next_n=1, image_size=224,
+                                 tokenizer_dir=tok, train=True)
     for batch in stream.batches(epoch=0, rank=rank, world_size=world_size): ...
 
 The feature mapping (``data.lerobot_cameras``, ``data.lerobot_action``, ``data.lerobot_state``),
@@ -42,18 +42,10 @@ from vla.data.converters.lerobot import (
 )
 from vla.data.grippers import map_grippers
 from vla.data.metadata import DataError
-from vla.data.pipeline import (
-    DataSpec,
-    WindowStream,
-    frame_margin,
-    load_tokenizer,
-    state_dim_used,
-    user_transforms,
-    window_batcher,
-)
+from vla.data.pipeline import DataSpec, state_dim_used
 from vla.data.plan import EpisodeIndex
 from vla.data.stats import Normalization, action_stats
-from vla.data.transforms import Normalize, Tokenize, episode_frames, put_frame, replicate_margin
+from vla.data.transforms import Normalize, episode_frames, put_frame, replicate_margin
 
 
 @dataclass
@@ -147,33 +139,27 @@ def lerobot_normalization(folder: LeRobotFolder, data_cfg: DataConfig, state_dim
                                     features.action_space, state_dim, data_cfg)
 
 
-def check_lerobot(data_cfg: DataConfig, splits: list[str], use_state: bool | None) -> DataSpec:
-    """What a run checks on the driver (``check_dataset``): the folder, each split has episodes;
-    returns the ``DataSpec`` of the train split."""
-    folder = open_lerobot(data_cfg)
-    for split in splits:
-        folder.refs(split)
-    features = folder.source.features
-    state_dim = state_dim_used(features.state_dim, use_state, str(folder.root / INFO_FILE))
-    return DataSpec(features.action_space, state_dim, lerobot_normalization(folder, data_cfg, state_dim))
+class LeRobotFolderSource:
+    """The LeRobot folder at ``data.path`` (``data.format: lerobot``), checked when opened."""
 
+    def __init__(self, data_cfg: DataConfig) -> None:
+        self.data_cfg = data_cfg
+        self.folder = open_lerobot(data_cfg)
 
-def build_lerobot_stream(data_cfg: DataConfig, split: str, *, window_size: int, fwd_pred_next_n: int,
-                         image_size: int, tokenizer_dir: str, train: bool,
-                         normalization: Normalization | None = None) -> WindowStream:
-    """The windows of ``split`` ("train" or "val", the converter's rule) of the LeRobot folder at
-    ``data.path``, normalized by ``normalization`` (the actions' alone, computed from the train
-    episodes, when None). Metadata problems raise ``DataError`` here."""
-    folder = open_lerobot(data_cfg)
-    return WindowStream(
-        data_cfg=data_cfg,
-        split=split,
-        index=folder.index(split),
-        reader=LeRobotEpisodes(folder.source, list(data_cfg.cameras), image_size,
-                               normalization or lerobot_normalization(folder, data_cfg, state_dim=0),
-                               frame_margin(data_cfg, train)),
-        tokenize=Tokenize(load_tokenizer(tokenizer_dir), data_cfg.max_text_len),
-        batcher=window_batcher(data_cfg, window_size=window_size, fwd_pred_next_n=fwd_pred_next_n, train=train),
-        train=train,
-        transforms=user_transforms(data_cfg),
-    )
+    def check(self, splits: list[str], use_state: bool | None) -> DataSpec:
+        """Each split has episodes; the ``DataSpec`` of the train split (its statistics read
+        from the action and state columns)."""
+        for split in splits:
+            self.folder.refs(split)
+        features = self.folder.source.features
+        state_dim = state_dim_used(features.state_dim, use_state, str(self.folder.root / INFO_FILE))
+        return DataSpec(features.action_space, state_dim, lerobot_normalization(self.folder, self.data_cfg, state_dim))
+
+    def index(self, split: str) -> EpisodeIndex:
+        return self.folder.index(split)
+
+    def reader(self, image_size: int, margin: int, normalization: Normalization | None) -> LeRobotEpisodes:
+        """What a decode task calls with an episode's address; without ``normalization``, the
+        actions' alone, computed from the train episodes."""
+        return LeRobotEpisodes(self.folder.source, list(self.data_cfg.cameras), image_size,
+                               normalization or lerobot_normalization(self.folder, self.data_cfg, state_dim=0), margin)
