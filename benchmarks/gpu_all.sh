@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure in the README's Benchmarks section, on one GPU, without Ray:
+# Every GPU figure in docs/benchmarks.md, on one GPU, without Ray:
 #
 #   bash benchmarks/gpu_all.sh speed  LOGDIR   # platform step vs bare loop, MFU (PaliGemma-3B, Kosmos-2),
 #                                              # what compile buys with and without activation checkpointing

@@ -21,7 +21,7 @@ same model on the device, no FSDP, autocast, ``torch.optim.AdamW`` with its defa
 Printed: time per step, frames/s, model FLOPs utilization (forward + backward FLOPs counted by
 ``FlopCounterMode`` on one uncompiled bare step with eager attention, over the step time and the device's dense
 peak, stated), and peak memory. Ray and ``vla.data`` are never imported, so this runs on a GPU
-machine without Ray; ``benchmarks/train_throughput.py`` times the Ray Train + Ray Data path.
+machine without Ray; ``benchmarks/train_throughput.py`` times the Ray Train + Ray-task stream path.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@
     python benchmarks/train_throughput.py --gpu --workers 1 --hidden 1024 --layers 8 --batch 16   # on a GPU node
     python benchmarks/train_throughput.py --hidden 128 --window 1 --batch 16 --steps 300 --fsdp-unit model  # the demo's shape
 
-Platform: ``run_training`` (Ray Train, FSDP2, Ray Data streaming from Parquet, progress,
+Platform: ``run_training`` (Ray Train, FSDP2, episodes streamed from Parquet by Ray tasks, progress,
 checkpoint at the end). Bare loop: one process, the same model and optimizer, one batch of
 the same global size preloaded as tensors. Prints samples/s, time per step, peak memory per
 worker, the platform/bare ratio and, on GPU, model FLOPs utilization (FLOPs of one step

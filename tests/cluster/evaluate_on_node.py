@@ -15,7 +15,6 @@ import sys
 import tempfile
 
 import ray
-from procs import ROOT
 from ray.cluster_utils import Cluster
 
 
@@ -27,8 +26,7 @@ def main(node_cache: str, argv: list[str]) -> int:
         cluster.add_node(num_cpus=2, env_vars={"VLA_CACHE_DIR": node_cache})
         cluster.wait_for_nodes()
         os.environ["RAY_ADDRESS"] = cluster.address
-        sys.path.insert(0, str(ROOT / "pipelines"))
-        import evaluate
+        from vla.cli import evaluate
 
         return evaluate.main(argv)
     finally:

@@ -5,7 +5,6 @@ a 2-value action with none; and the bad input each can bring."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -34,10 +33,9 @@ SO100 = Layout(action_dim=6, state_dim=6, action_names=JOINTS, state_names=JOINT
 
 
 def prepare_data_main():
-    spec = importlib.util.spec_from_file_location("prepare_data", ROOT / "pipelines/prepare_data.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    from vla.cli.prepare_data import main
+
+    return main
 
 
 @pytest.fixture(scope="module")

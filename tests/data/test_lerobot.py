@@ -3,7 +3,6 @@ survive; splits follow the documented rule; bad input names file and field."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -18,11 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from vla.action_space import ActionSpace
+from vla.action_space import ActionSpace, gripper_to_pm1
 from vla.data import DataError, load_metadata, validate_dataset
 from vla.data.converters.lerobot import assign_splits, convert_lerobot
 from vla.data.episodes import decode_image, encode_image
-from vla.data.grippers import gripper_to_pm1
 
 ROOT = Path(__file__).resolve().parents[2]
 FPS = 10
@@ -407,10 +405,7 @@ def test_video_dataset_without_pyav_says_what_to_install(tmp_path, video_v21, mo
 
 @pytest.mark.timeout(30)
 def test_prepare_data_lerobot_command(tmp_path, video_v21):
-    spec = importlib.util.spec_from_file_location("prepare_data", ROOT / "pipelines/prepare_data.py")
-    prepare_data = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prepare_data)
-    main = prepare_data.main
+    from vla.cli.prepare_data import main
     out = str(tmp_path / "out")
     assert main(["lerobot", str(video_v21), out, "--camera", "static=observation.images.wrist",
                  "--val-episodes", "1", "--image-encoding", "jpeg", "--gripper", "6:signed"]) == 0

@@ -13,7 +13,7 @@ import torch
 import torch.distributed.checkpoint as dcp
 
 from vla.config import load_config
-from vla.eval.checkpoint import closed_loop_metrics, policy_from_checkpoint
+from vla.eval.checkpoint import closed_loop_metrics
 from vla.eval.offline import evaluate_offline_local
 from vla.model import build_model
 from vla.policy import Policy
@@ -41,10 +41,10 @@ def weights(tmp_path_factory, synthetic_root, export_writer):
 def test_a_checkpoint_acts_and_scores_as_its_export(weights):
     cfg, export, checkpoint = weights
     with pytest.raises(CheckpointError, match="incomplete"):  # no train_state.json yet
-        policy_from_checkpoint(checkpoint, cfg, {})
+        Policy.from_checkpoint(checkpoint, cfg, {})
     (checkpoint / TRAIN_STATE_FILE).write_text("{}")
     normalization = json.loads((Path(export) / "normalization.json").read_text())
-    from_checkpoint, from_export = policy_from_checkpoint(checkpoint, cfg, normalization), Policy.load(export)
+    from_checkpoint, from_export = Policy.from_checkpoint(checkpoint, cfg, normalization), Policy.load(export)
 
     observations = [SyntheticEnv(SimConfig()).reset(seed) for seed in (1, 2)]
     np.testing.assert_allclose(from_checkpoint.act_batch(observations), from_export.act_batch(observations), atol=1e-5)

@@ -5,7 +5,6 @@ success beside the baselines, the plot, strips and GIFs."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -19,17 +18,16 @@ pytest.importorskip("metaworld", reason="pip install -e '.[metaworld]'")
 from vla.config import load_config  # noqa: E402
 from vla.data import load_metadata  # noqa: E402
 from vla.data.converters.metaworld import MetaWorldData, convert_metaworld, read_sidecar  # noqa: E402
-from vla.eval.evaluate import EvalOptions, run_evaluation  # noqa: E402
+from vla.eval.evaluate import ExportEvalOptions, run_evaluation  # noqa: E402
 from vla.train.launch import run_training  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
 def evaluate_cli(argv: list[str]) -> int:
-    """``pipelines/evaluate.py``'s main, loaded from its file."""
-    spec = importlib.util.spec_from_file_location("evaluate_pipeline", ROOT / "pipelines" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(argv)
+    """``vla-evaluate`` (``pipelines/evaluate.py``) as a program: its ``main``."""
+    from vla.cli.evaluate import main
+
+    return main(argv)
 
 
 TASKS = ["reach-v3", "push-v3"]
@@ -56,7 +54,7 @@ def test_demonstrations_training_and_closed_loop_evaluation_on_metaworld(ray_ses
 
     out = tmp_path / "eval"
     report = run_evaluation(str(Path(result.run_dir) / "export"), str(out),
-                            EvalOptions(episodes=2, tasks_per_policy=1, record=1, offline_split=None))
+                            ExportEvalOptions(episodes=2, tasks_per_policy=1, record=1, offline_split=None))
     loop = report["closed_loop"]
     assert loop["env"] == "metaworld" and loop["tasks"] == TASKS and loop["seeds"] == [1_000_000, 1_000_000]
     assert len(loop["constant_action"]) == 4

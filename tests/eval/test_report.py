@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from vla.eval.evaluate import EvalOptions, run_evaluation
+from vla.eval.evaluate import ExportEvalOptions, run_evaluation
 from vla.eval.report import CLOSED_LOOP_FIELDS, FILES_FIELDS, OFFLINE_FIELDS, POLICY_FIELDS, REPORT_FIELDS
 from vla.eval.rollout import wilson_interval
 from vla.sim import OUTCOMES
@@ -17,7 +17,7 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "evaluation.md"
 
 @pytest.mark.timeout(240)
 def test_report_has_every_field_and_docs_explain_them(ray_session, untrained_export, tmp_path):
-    options = EvalOptions(episodes=4, tasks_per_policy=1, record=1, offline_split="val", offline_max_batches=2)
+    options = ExportEvalOptions(episodes=4, tasks_per_policy=1, record=1, offline_split="val", offline_max_batches=2)
     report = run_evaluation(untrained_export, str(tmp_path), options)
 
     assert tuple(report) == REPORT_FIELDS

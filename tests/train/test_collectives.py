@@ -31,7 +31,7 @@ from vla.train.step import train_step
 
 ROOT = Path(__file__).resolve().parents[2]
 # What the training worker runs (vla/train) and what it calls that could issue collectives.
-WORKER_CODE = [*sorted((ROOT / "vla" / "train").glob("*.py")), ROOT / "vla/eval/during_training.py",
+WORKER_CODE = [*sorted((ROOT / "vla" / "train").glob("*.py")), ROOT / "vla/eval/scheduler.py",
                ROOT / "vla/tune/scoring.py"]
 TENSOR_COLLECTIVES = ("all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor",
                       "reduce", "gather", "scatter", "all_to_all_single")

@@ -221,14 +221,18 @@ def _hsdp_and_validation(rank: int) -> None:
     torch.testing.assert_close(gathered[0], gathered[1], rtol=0, atol=0)
 
     # Validation: each rank evaluates 2 of the 4 batches of its own shard; the result is the
-    # mean over all 4 (2 per rank), the same on every rank.
+    # mean over every predicted step of all 4 (2 per rank), as offline evaluation defines it (a
+    # batch whose episode ended early weighs its steps, not 1), the same on every rank.
     shard = Batches([make_batch(seed=100 + 10 * rank + i, size=2) for i in range(3)])
+    shard.items[1]["action_mask"][:, 1:] = 0  # the last frame's target lies past the episode's end
     metrics = validate(trainer, shard, Config(model=TINY, train=train_cfg))
     assert shard.taken == 2
     with torch.no_grad():
-        own_sum = sum(forward_loss(trainer.model.eval(), b)["loss"] for b in shard.items[:2])
-    dist.all_reduce(own_sum)
-    torch.testing.assert_close(metrics["val_loss"], float(own_sum) / 4, rtol=1e-5, atol=0)
+        steps = torch.stack([b["action_mask"].sum() for b in shard.items[:2]])
+        losses = torch.stack([forward_loss(trainer.model.eval(), b)["loss"] for b in shard.items[:2]])
+    totals = torch.stack([(losses * steps).sum(), steps.sum()])
+    dist.all_reduce(totals)
+    torch.testing.assert_close(metrics["val_loss"], float(totals[0] / totals[1]), rtol=1e-5, atol=0)
     both = [torch.empty(()) for _ in range(WORLD)]
     dist.all_gather(both, torch.tensor(metrics["val_loss"]))
     assert float(both[0]) == float(both[1])

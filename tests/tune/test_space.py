@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from vla.cli.tune import main as tune_main
 from vla.config import load_config
 from vla.tune.runner import SweepError, concurrent_trials, local_cpus, trial_resources
 from vla.tune.space import load_space, load_sweep, parse_space
@@ -16,10 +16,6 @@ from vla.typed_config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = load_config(None, ["train.val_every=10", "train.max_steps=100", "train.checkpoint_every=50"]).to_dict()
-_SPEC = importlib.util.spec_from_file_location("tune_cli", ROOT / "pipelines" / "tune.py")
-tune_cli = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(tune_cli)
-tune_main = tune_cli.main
 SPACES = sorted((ROOT / "tune_spaces").glob("*.yaml"))
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 
@@ -49,7 +45,7 @@ def test_closed_loop_scored_spaces_sweep_the_demo(path):
 
 
 def test_the_demo_sweep_is_sized_for_two_cores():
-    """The README's command (`--space tune_spaces/default.yaml`, nothing else) used to run 16 trials
+    """The documented command (docs/sweeps.md: `--space tune_spaces/default.yaml`, nothing else) used to run 16 trials
     of the full 2400-step demo (hours), and one trial needed 2.1 CPUs of a 2-CPU machine."""
     space, cfg = load_sweep(ROOT / "tune_spaces" / "default.yaml", ROOT / "configs" / "demo.yaml")
     assert space.sweep.num_trials * cfg.train.max_steps <= 2400  # at most one demo run of steps in all

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vla.data.grippers import GripperError, parse_gripper
+from vla.action_space import GripperError, parse_gripper
 from vla.typed_config import check
 
 

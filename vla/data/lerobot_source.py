@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from vla.action_space import map_grippers
 from vla.data.config import DataConfig
 from vla.data.converters.lerobot import (
     INFO_FILE,
@@ -40,7 +41,6 @@ from vla.data.converters.lerobot import (
     read_episode,
     read_tasks,
 )
-from vla.data.grippers import map_grippers
 from vla.data.metadata import DataError
 from vla.data.pipeline import DataSpec, state_dim_used
 from vla.data.plan import EpisodeIndex

@@ -13,7 +13,7 @@ import importlib
 _EXPORTS = {
     "calvin_available": "vla.eval.calvin",
     "evaluate_calvin": "vla.eval.calvin",
-    "EvalOptions": "vla.eval.evaluate",
+    "ExportEvalOptions": "vla.eval.evaluate",
     "run_evaluation": "vla.eval.evaluate",
     "evaluate_offline": "vla.eval.offline",
     "ConstantPolicy": "vla.eval.rollout",
@@ -22,7 +22,7 @@ _EXPORTS = {
     "rollout_in_parallel": "vla.eval.rollout",
     "run_episodes": "vla.eval.rollout",
     "summarize": "vla.eval.rollout",
-    "EvalConfig": "vla.eval.settings",
+    "CheckpointEvalConfig": "vla.eval.settings",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -14,56 +14,25 @@ from __future__ import annotations
 import json
 import logging
 import time
-import warnings
 from pathlib import Path
 
 import ray.train
 import torch
-import torch.distributed.checkpoint as dcp
 
 from vla.config import Config, resolve_config
-from vla.data.stats import Normalization
-from vla.data.transforms import Tokenize
 from vla.eval.calvin import calvin_available, evaluate_calvin
 from vla.eval.environments import environment_for, evaluation_episodes
 from vla.eval.offline import evaluate_offline_local
 from vla.eval.rollout import run_episodes, summarize
-from vla.eval.settings import EvalConfig
-from vla.model import VLAModel, build_model, build_tokenizer
+from vla.eval.settings import CheckpointEvalConfig
 from vla.model.export import NORMALIZATION_FILE
-from vla.policy.policy import Policy, Preprocessor
+from vla.plots import SUCCESS_KEY
+from vla.policy.policy import Policy
 from vla.storage import read_bytes
-from vla.train.checkpoint import read_train_state
 
 log = logging.getLogger("vla.eval")
 
-SUCCESS_METRIC = "eval_success_rate"  # the closed-loop success rate, as reported and swept on
-
-
-def load_checkpoint_model(checkpoint_dir: Path, run: Config) -> VLAModel:
-    """The model of ``run`` with the weights of a (sharded, any world size) training checkpoint."""
-    read_train_state(checkpoint_dir)  # refuses an incomplete checkpoint
-    model = build_model(run.model)
-    state = {"model": model.state_dict()}
-    with warnings.catch_warnings():  # one process reading every rank's shards is the intent here
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=str(checkpoint_dir), no_dist=True)
-    model.load_state_dict(state["model"])
-    return model
-
-
-def policy_from_checkpoint(checkpoint_dir: Path, run: Config, normalization: dict, device: str = "cpu") -> Policy:
-    """A ``Policy`` (as ``Policy.load`` builds from an export) over a training checkpoint."""
-    model = load_checkpoint_model(checkpoint_dir, run)
-    target = torch.device(device)
-    model.to(device=target, dtype=torch.bfloat16 if target.type == "cuda" else torch.float32)
-    model.head.float()
-    tokenize = Tokenize(build_tokenizer(run.model), run.data.max_text_len)
-    preprocessor = Preprocessor(run.data.cameras, model.image_size, tokenize)
-    return Policy(model.eval(), Normalization.from_dict(normalization), preprocessor, target)
-
-
-def closed_loop_metrics(policy: Policy, run: Config, settings: EvalConfig) -> dict[str, float]:
+def closed_loop_metrics(policy: Policy, run: Config, settings: CheckpointEvalConfig) -> dict[str, float]:
     """Success (with its 95% interval, and per task when the environment has several) in the
     environment of the run's training data (``vla.eval.environments.environment_for``)."""
     env = environment_for(run)
@@ -71,7 +40,7 @@ def closed_loop_metrics(policy: Policy, run: Config, settings: EvalConfig) -> di
                         env.outcomes)
     low, high = summary["success_ci95"]
     per_task = {f"eval_success_{task}": result["success_rate"] for task, result in summary["per_task"].items()}
-    return {SUCCESS_METRIC: summary["success_rate"], "eval_success_ci_low": low, "eval_success_ci_high": high,
+    return {SUCCESS_KEY: summary["success_rate"], "eval_success_ci_low": low, "eval_success_ci_high": high,
             "eval_episodes": summary["episodes"], "eval_mean_steps": summary["mean_steps"],
             **(per_task if len(env.tasks) > 1 else {})}
 
@@ -87,7 +56,7 @@ def evaluate_checkpoint(checkpoint: ray.train.Checkpoint, run_dir: str, run_dict
     normalization = json.loads(read_bytes(f"{run_dir}/{NORMALIZATION_FILE}"))
     device = "cuda" if settings.gpus > 0 and torch.cuda.is_available() else "cpu"
     with checkpoint.as_directory() as local:
-        policy = policy_from_checkpoint(Path(local), run, normalization, device)
+        policy = Policy.from_checkpoint(Path(local), run, normalization, device)
     metrics: dict[str, float] = {}
     if settings.episodes:
         metrics.update(closed_loop_metrics(policy, run, settings))

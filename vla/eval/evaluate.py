@@ -18,8 +18,9 @@ from vla.data import load_metadata
 from vla.eval.calvin import calvin_available
 from vla.eval.environments import environment_for, evaluation_episodes
 from vla.eval.offline import evaluate_offline
-from vla.eval.report import plot_results, save_rollouts, write_report
+from vla.eval.report import save_rollouts, write_report
 from vla.eval.rollout import ConstantPolicy, RandomPolicy, rollout_in_parallel, summarize
+from vla.plots import plot_evaluation
 from vla.policy import Policy, load_run_config
 from vla.storage import localize, normalize_path
 
@@ -27,7 +28,7 @@ log = logging.getLogger("vla.eval")
 
 
 @dataclass
-class EvalOptions:
+class ExportEvalOptions:
     episodes: int = 100  # closed-loop episodes per policy
     seed: int = 0  # the k-th episode of a task runs scene EVAL_SEED_OFFSET + seed + k
     env_tasks: list[str] | None = None  # MetaWorld: these tasks instead of the training data's
@@ -48,7 +49,7 @@ def constant_action(run: Config) -> list[float]:
     return [1.0 if i in meta.action_space.binary_grippers else mean for i, mean in enumerate(stats.mean)]
 
 
-def closed_loop(export_dir: str, run: Config, options: EvalOptions) -> tuple[dict, dict]:
+def closed_loop(export_dir: str, run: Config, options: ExportEvalOptions) -> tuple[dict, dict]:
     """Trained, random and constant policies on the same scenes; returns (report part, episodes)."""
     env = environment_for(run, options.env_tasks, options.max_steps)
     episodes = evaluation_episodes(env, options.episodes, options.seed)
@@ -76,7 +77,7 @@ def closed_loop(export_dir: str, run: Config, options: EvalOptions) -> tuple[dic
     return report, results
 
 
-def run_evaluation(export_dir: str, out_dir: str, options: EvalOptions) -> dict:
+def run_evaluation(export_dir: str, out_dir: str, options: ExportEvalOptions) -> dict:
     """Evaluate the export in ``export_dir``; writes report.json, results.png and strips to ``out_dir``.
 
     ``export_dir`` may be on object storage (``s3://...``): this process reads a local copy, and
@@ -112,7 +113,7 @@ def run_evaluation(export_dir: str, out_dir: str, options: EvalOptions) -> dict:
         "calvin": None,  # the CALVIN adapter runs on its own: python -m vla.eval.calvin (needs calvin_env)
         "files": {
             "report": str(out / "report.json"),
-            "plot": str(plot_results(loop_report, offline, out / "results.png")),
+            "plot": str(plot_evaluation(loop_report, offline, out / "results.png")),
             "strips": strips,
             "gifs": gifs,
         },

@@ -1,4 +1,5 @@
-"""The evaluation report: its fields (documented in docs/evaluation.md), the plot, the image strips."""
+"""The evaluation report: its fields (documented in docs/evaluation.md) and the image strips
+(its plot is ``vla.plots.plot_evaluation``)."""
 
 from __future__ import annotations
 
@@ -19,13 +20,6 @@ OFFLINE_FIELDS = ("split", "windows", "steps", "loss", "loss_arm", "loss_gripper
                   "pose_error_per_dim", "pose_error_per_dim_unnormalized", "pose_dims",
                   "gripper_accuracy")  # the last only where the action has binary grippers
 FILES_FIELDS = ("report", "plot", "strips", "gifs")
-POLICY_COLOURS = ["tab:green", "tab:gray", "tab:orange"]  # trained, random, constant in both panels
-ARM_POSE_DIMS = ("x", "y", "z", "roll", "pitch", "yaw")  # the 7-DOF arm's continuous dimensions
-
-
-def dimension_labels(dims: list[int]) -> list[str]:
-    """Axis labels of the continuous action dimensions ``dims``: the arm's pose names, else the indices."""
-    return list(ARM_POSE_DIMS) if list(dims) == list(range(6)) else [f"dim {d}" for d in dims]
 
 
 def write_report(report: dict, out_dir: Path) -> Path:
@@ -69,52 +63,3 @@ def save_rollouts(results: dict[str, list[EpisodeResult]], out_dir: Path) -> tup
                 strips.append(str(save_strip(result, out_dir / f"strip_{stem}.png")))
                 gifs.append(str(save_gif(result, out_dir / f"rollout_{stem}.gif")))
     return strips, gifs
-
-
-def plot_results(closed_loop: dict, offline: dict | None, path: Path) -> Path:
-    """Success rate per policy (95% intervals), per task when there are several, and, when
-    measured, the offline per-dimension pose error."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    per_task = len(closed_loop["tasks"]) > 1
-    panels = 1 + bool(offline) + per_task
-    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.6), squeeze=False)
-    names = list(closed_loop["policies"])
-    rates = [closed_loop["policies"][n]["success_rate"] for n in names]
-    low = [r - closed_loop["policies"][n]["success_ci95"][0] for n, r in zip(names, rates)]
-    high = [closed_loop["policies"][n]["success_ci95"][1] - r for n, r in zip(names, rates)]
-    ax = axes[0][0]
-    ax.bar(names, rates, yerr=[low, high], capsize=4, color=POLICY_COLOURS[: len(names)])
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("success rate")
-    ax.set_title(f"{closed_loop['env']}: {closed_loop['episodes']} episodes per policy")
-    if per_task:
-        draw_per_task(axes[0][1], closed_loop)
-    if offline:
-        ax = axes[0][-1]
-        ax.bar(dimension_labels(offline["pose_dims"]), offline["pose_error_per_dim_unnormalized"])
-        ax.set_ylabel("mean |error| (action units)")
-        gripper = f": gripper accuracy {offline['gripper_accuracy']:.2f}" if "gripper_accuracy" in offline else ""
-        ax.set_title(f"offline ({offline['split']}){gripper}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def draw_per_task(ax, closed_loop: dict) -> None:
-    """Grouped bars: each policy's success rate on each task."""
-    tasks, names = closed_loop["tasks"], list(closed_loop["policies"])
-    width = 0.8 / len(names)
-    for k, name in enumerate(names):
-        rates = [closed_loop["policies"][name]["per_task"].get(task, {}).get("success_rate", 0.0) for task in tasks]
-        colour = POLICY_COLOURS[k % len(POLICY_COLOURS)]
-        ax.bar(np.arange(len(tasks)) + k * width, rates, width, label=name, color=colour)
-    ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks, rotation=30, ha="right", fontsize=8)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("success rate")
-    ax.set_title("per task")
-    ax.legend(fontsize=8)

@@ -12,7 +12,7 @@ from vla.typed_config import check
 
 
 @dataclass
-class EvalConfig:
+class CheckpointEvalConfig:
     episodes: int = 24  # closed-loop episodes in the training data's environment (vla.eval.environments); 0 skips them
     offline_batches: int = 4  # batches of the validation split for offline metrics; 0 skips them
     calvin_dataset: str = ""  # a CALVIN dataset folder: its long-horizon protocol too (needs calvin_env)

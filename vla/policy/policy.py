@@ -1,4 +1,5 @@
-"""A trained policy loaded from an export folder: observations in, robot actions out.
+"""A trained policy loaded from an export folder (or a training checkpoint): observations in,
+robot actions out.
 
     policy = Policy.load("~/vla_runs/demo/export")          # device="cuda" runs in bf16
     policy.reset()
@@ -29,7 +30,8 @@ from vla.data.episodes import resize_image
 from vla.data.pipeline import load_tokenizer
 from vla.data.stats import Normalization
 from vla.data.transforms import Tokenize
-from vla.model import ActionStepper, VLAModel, load_export
+from vla.model import ActionStepper, VLAModel, build_tokenizer, load_export
+from vla.model.checkpoint import load_checkpoint_model
 from vla.model.export import read_normalization, read_run_config
 from vla.storage import localize
 
@@ -115,9 +117,25 @@ class Policy:
         dtype = dtype or (torch.bfloat16 if target.type == "cuda" else torch.float32)
         model, _ = load_export(export_dir, dtype=dtype)
         model.to(target)
-        normalization = Normalization.from_dict(read_normalization(export_dir))
-        tokenize = Tokenize(load_tokenizer(str(export_dir)), run.data.max_text_len)
-        return cls(model, normalization, Preprocessor(run.data.cameras, model.image_size, tokenize), target)
+        return cls.of_run(model, run, read_normalization(export_dir), load_tokenizer(str(export_dir)), target)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint_dir: Path, run: Config, normalization: dict, device: str = "cpu") -> Policy:
+        """The policy of a complete training checkpoint of ``run`` (sharded, any world size), as
+        ``load`` builds it from an export; ``normalization`` is the run's ``normalization.json``.
+        bf16 on GPU, fp32 on CPU, the head in fp32."""
+        model = load_checkpoint_model(checkpoint_dir, run.model)
+        target = torch.device(device)
+        model.to(device=target, dtype=torch.bfloat16 if target.type == "cuda" else torch.float32)
+        model.head.float()
+        return cls.of_run(model.eval(), run, normalization, build_tokenizer(run.model), target)
+
+    @classmethod
+    def of_run(cls, model: VLAModel, run: Config, normalization: dict, tokenizer, device: torch.device) -> Policy:
+        """The policy of ``model`` with the preprocessing of ``run`` (its cameras and instruction length)."""
+        tokenize = Tokenize(tokenizer, run.data.max_text_len)
+        return cls(model, Normalization.from_dict(normalization), Preprocessor(run.data.cameras, model.image_size, tokenize),
+                   device)
 
     def reset(self, env_index: int | None = None) -> None:
         """Forget the history of every environment, or of ``env_index`` only."""

@@ -36,19 +36,15 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from vla.model.checkpoint import TRAIN_STATE_FILE, CheckpointError, read_train_state
 from vla.storage import filesystem
 from vla.train import collectives
 
 log = logging.getLogger("vla.train")
 
-TRAIN_STATE_FILE = "train_state.json"
 CHECKPOINT_NAME = re.compile(r"^checkpoint_step(\d+)$")
 RAY_SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of reported checkpoints
 CHUNK_BYTES = 8 << 20
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint folder is incomplete or does not match the run."""
 
 
 @dataclass
@@ -116,17 +112,6 @@ def file_manifest(directory: Path) -> dict[str, dict[str, int]]:
             with file.open("rb") as stream:
                 manifest[file.name] = {"bytes": file.stat().st_size, "crc32": _crc32(stream)}
     return manifest
-
-
-def read_train_state(directory: Path) -> dict:
-    """The ``train_state.json`` record of a complete checkpoint; ``CheckpointError`` otherwise."""
-    marker = directory / TRAIN_STATE_FILE
-    if not (directory / ".metadata").is_file() or not marker.is_file():
-        raise CheckpointError(
-            f"checkpoint {directory} is incomplete (no .metadata or {TRAIN_STATE_FILE}): "
-            "it was not completely written and will not be resumed from"
-        )
-    return json.loads(marker.read_text())
 
 
 def checkpoint_damage(directory: str, *, checksums: bool = True) -> str | None:

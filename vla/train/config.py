@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from vla.eval.settings import EvalConfig
+from vla.eval.settings import CheckpointEvalConfig
 from vla.typed_config import check
 
 
@@ -32,9 +32,9 @@ class TrainConfig:
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     # Evaluation of every K-th step's checkpoint as Ray tasks beside the workers (0 disables;
-    # a multiple of checkpoint_every); what it runs: vla.eval.settings.EvalConfig
+    # a multiple of checkpoint_every); what it runs: vla.eval.settings.CheckpointEvalConfig
     eval_every: int = 0
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval: CheckpointEvalConfig = field(default_factory=CheckpointEvalConfig)
     # Distribution: one place configures it
     num_workers: int = 2
     use_gpu: bool = False

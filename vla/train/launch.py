@@ -187,7 +187,8 @@ def worker_count(train_cfg: TrainConfig) -> int | tuple[int, int]:
     return train_cfg.num_workers
 
 
-def build_trainer(cfg: Config, callbacks: Sequence[UserCallback] = (), checked: CheckedRun | None = None) -> TorchTrainer:
+def build_torch_trainer(cfg: Config, callbacks: Sequence[UserCallback] = (),
+                        checked: CheckedRun | None = None) -> TorchTrainer:
     """Everything Ray Train needs, built and checked on the driver before any worker starts.
 
     ``checked``: the result of ``check_run(cfg)`` when the caller already ran it.
@@ -253,7 +254,7 @@ def run_training(cfg: Config) -> TrainingResult:
     cfg = with_demo_data(cfg)
     checked = check_run(cfg)
     ensure_ray()
-    trainer = build_trainer(cfg, checked=checked)
+    trainer = build_torch_trainer(cfg, checked=checked)
     result = trainer.fit()
     run_dir = run_path(cfg.run.storage_path, cfg.run.name)
     checkpoint = result.checkpoint

@@ -35,7 +35,7 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
 from vla.config import Config, resolve_config
-from vla.eval.during_training import CheckpointEvaluator
+from vla.eval.scheduler import CheckpointEvaluator
 from vla.model import build_model, count_parameters, pretrained_loader, save_export
 from vla.storage import exists, is_uri, upload, write_bytes
 from vla.train import collectives
@@ -132,7 +132,8 @@ def maybe_log(run: Run) -> None:
 
 @torch.no_grad()
 def validate(trainer: Trainer, val_shard, cfg: Config) -> dict[str, float]:
-    """Mean validation metrics over ``train.val_batches`` batches, split between the ranks.
+    """Validation metrics over ``train.val_batches`` batches, split between the ranks: means over
+    every predicted step inside an episode, as ``vla.eval.offline`` defines them.
 
     Each rank evaluates ``ceil(val_batches / world_size)`` batches of its own shard of the
     split; the sums are reduced across ranks once.
@@ -143,7 +144,8 @@ def validate(trainer: Trainer, val_shard, cfg: Config) -> dict[str, float]:
     model.eval()
     batches = val_shard.batches(epoch=0, rank=dist.get_rank(), world_size=trainer.world_size)
     for batch in itertools.islice(batches, per_rank):
-        sums.add(forward_loss(model, to_device(batch, trainer.device)))
+        batch = to_device(batch, trainer.device)
+        sums.add(forward_loss(model, batch), weight=batch["action_mask"].sum())  # a mean over predicted steps
     reshard(model)
     model.train()
     return {f"val_{key}": value for key, value in sums.mean_over_ranks().items()}
@@ -262,6 +264,23 @@ def resume(run: Run, rank: int) -> None:
     seed_everything(run.cfg.train.seed + 1000 * rank + run.state.step)
 
 
+def checkpoint_evaluator(run: Run) -> CheckpointEvaluator | None:
+    """Rank 0's scheduler of evaluations when ``train.eval_every`` is on; its results go to the
+    run's record (``RunLogger.record_evaluation``)."""
+    if run.logger is None or not run.cfg.train.eval_every:
+        return None
+    return CheckpointEvaluator(run.cfg, run.run_dir, run.logger.record_evaluation)
+
+
+def maybe_evaluate(run: Run, evaluator: CheckpointEvaluator) -> None:
+    """After every optimizer step: collect or start evaluations, and offer the checkpoint just
+    reported when its step is a multiple of ``train.eval_every``."""
+    step = run.state.step
+    evaluator.poll(step)
+    if run.last_checkpoint_step == step and step % run.cfg.train.eval_every == 0:
+        evaluator.offer(step, ray.train.get_checkpoint())  # the checkpoint just reported, as persisted
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     """Ray Train entry point; ``loop_config`` is built by ``vla.train.launch``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -272,7 +291,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     train_shard = loop_config["streams"][cfg.data.train_split]  # vla.data.WindowStream
     val_shard = loop_config["streams"][cfg.data.val_split] if cfg.train.val_every else None
     batches = batch_stream(run, train_shard)
-    evaluator = CheckpointEvaluator.for_rank(context.get_world_rank(), cfg, run_dir, run.logger)  # train.eval_every
+    evaluator = checkpoint_evaluator(run)
     run.trainer.model.train()
 
     while run.state.step < run.total_steps and train_step(run.trainer, batches):
@@ -281,7 +300,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         validated = maybe_validate(run, val_shard)
         maybe_checkpoint(run, validated)
         if evaluator is not None:
-            evaluator.after_step(run.state.step, run.last_checkpoint_step)
+            maybe_evaluate(run, evaluator)
 
     ran_out = run.state.step < run.total_steps  # the data ended before the last step
     if ran_out and run.last_checkpoint_step != run.state.step:

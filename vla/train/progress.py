@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from vla.plots import plot_run_metrics
 from vla.storage import exists, is_uri, read_bytes, upload
 from vla.train import collectives
 
@@ -27,6 +28,7 @@ log = logging.getLogger("vla.train")
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "metrics.png"
+WANDB_EVAL_STEP = "eval/step"  # the x axis of evaluations on wandb: the step each one scored
 
 
 def format_duration(seconds: float) -> str:
@@ -62,32 +64,36 @@ def lm_tokens_per_frame(model: torch.nn.Module, text_len: int) -> int:
 
 
 class MetricSums:
-    """Sums of metrics over micro-batches, kept on the device as detached tensors.
+    """Weighted sums of metrics over micro-batches, kept on the device as detached tensors.
 
     Adding never waits for the device; ``mean_over_ranks`` is the one all-reduce and the one
-    host read, made only on the steps that log, validate or report.
+    host read, made only on the steps that log, validate or report. Each batch weighs 1 unless
+    ``add`` is given its ``weight`` (validation: the batch's predicted steps, so that validation
+    and offline evaluation average the same way: over every predicted step inside an episode).
     """
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = {}
-        self.count = 0
+        self.weight: torch.Tensor | float = 0.0
 
-    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+    def add(self, metrics: dict[str, torch.Tensor], weight: torch.Tensor | None = None) -> None:
+        weight = weight.detach().float() if weight is not None else 1.0
         for key, value in metrics.items():
-            value = value.detach().float()
+            value = value.detach().float() * weight
             self.sums[key] = self.sums[key] + value if key in self.sums else value
-        self.count += 1
+        self.weight = self.weight + weight
 
     def mean_over_ranks(self) -> dict[str, float]:
-        """The mean of every metric over every micro-batch added on every rank; then start over."""
+        """The weighted mean of every metric over every batch added on every rank; then start over."""
         if not self.sums:
             return {}
         keys = sorted(self.sums)
-        count = torch.tensor(float(self.count), device=self.sums[keys[0]].device)
-        totals = collectives.all_reduce(torch.stack([self.sums[key] for key in keys] + [count]))
-        *values, total_count = totals.tolist()
-        self.sums, self.count = {}, 0
-        return {key: value / max(1.0, total_count) for key, value in zip(keys, values)}
+        device = self.sums[keys[0]].device
+        weight = torch.as_tensor(self.weight, dtype=torch.float32, device=device).reshape(())
+        totals = collectives.all_reduce(torch.stack([self.sums[key] for key in keys] + [weight]))
+        *values, total_weight = totals.tolist()
+        self.sums, self.weight = {}, 0.0
+        return {key: value / total_weight if total_weight > 0 else 0.0 for key, value in zip(keys, values)}
 
 
 class StepTimer:
@@ -172,6 +178,7 @@ class RunLogger:
         self.local_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.local_dir / METRICS_FILE
         self.wandb = None
+        self.wandb_eval_axis = False
         if wandb_mode(mode) != "disabled":
             import wandb
 
@@ -203,6 +210,20 @@ class RunLogger:
         if self.wandb is not None:
             self.wandb.log(metrics, step=step)
 
+    def record_evaluation(self, step: int, metrics: dict[str, float], reported_at_step: int) -> None:
+        """An evaluation of the checkpoint of ``step`` (``vla.eval.scheduler``): one ``metrics.jsonl``
+        line tagged with the step it scored and the step it came back at; on wandb against the
+        ``eval/step`` axis."""
+        with self.metrics_path.open("a") as f:
+            f.write(json.dumps({"step": step, **metrics, "eval_reported_at_step": reported_at_step}) + "\n")
+        if self.wandb is not None:
+            if not self.wandb_eval_axis:
+                self.wandb.define_metric(WANDB_EVAL_STEP)
+                self.wandb.define_metric("eval/*", step_metric=WANDB_EVAL_STEP)
+                self.wandb_eval_axis = True
+            named = {f"eval/{key.removeprefix('eval_')}": value for key, value in metrics.items()}
+            self.wandb.log({**named, WANDB_EVAL_STEP: step})
+
     def progress(self, step: int, total_steps: int, metrics: dict[str, float]) -> None:
         """One human-readable line: step, loss, lr, throughput, data/compute split, ETA."""
         parts = [f"step {step}/{total_steps}"]
@@ -222,7 +243,7 @@ class RunLogger:
 
     def finish(self) -> Path:
         """Plot the curves, close wandb, upload; returns the plot's local path."""
-        plot = plot_metrics(self.metrics_path, self.local_dir / PLOT_FILE)
+        plot = plot_run_metrics(read_metrics(self.metrics_path), self.local_dir / PLOT_FILE)
         if self.wandb is not None:
             self.wandb.finish()
         if is_uri(self.run_dir):
@@ -241,38 +262,3 @@ def _step_of(line: str) -> int | None:
 
 def read_metrics(path: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
-def plot_metrics(metrics_path: Path, out: Path) -> Path:
-    """Training and validation loss and pose error against the step, as a PNG; with evaluations
-    during training (``train.eval_every``) their offline metrics join those panels and a third
-    panel shows closed-loop success, each at the step it scored."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from vla.eval.checkpoint import SUCCESS_METRIC
-    from vla.eval.during_training import draw_success
-
-    records = read_metrics(metrics_path)
-    evaluated = any(SUCCESS_METRIC in r for r in records)
-    fig, axes = plt.subplots(1, 3 if evaluated else 2, figsize=(15 if evaluated else 10, 4))
-    panels = (("loss", ("loss", "val_loss", "eval_offline_loss")),
-              ("pose error (normalized)", ("pose_error", "val_pose_error", "eval_offline_pose_error")))
-    for ax, (label, keys) in zip(axes, panels):
-        for key in keys:
-            points = [(r["step"], r[key]) for r in records if key in r]
-            if points:
-                ax.plot(*zip(*points), label=key, marker=None if key in ("loss", "pose_error") else ".")
-        ax.set_xlabel("step")
-        ax.set_ylabel(label)
-        ax.set_yscale("log")
-        ax.legend()
-        ax.grid(alpha=0.3)
-    if evaluated:
-        draw_success(axes[2], records)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out

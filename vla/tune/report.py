@@ -24,6 +24,7 @@ from ray import tune
 
 from vla.config import resolve_config
 from vla.model.export import RUN_CONFIG_FILE
+from vla.plots import plot_sweep
 from vla.storage import exists, read_bytes, with_scheme_of, write_bytes
 from vla.train.launch import total_steps_of
 from vla.train.loop import EXPORT_DIR
@@ -142,43 +143,6 @@ def write_best_config(best: TrialRow, sweep: Sweep) -> str:
     return path
 
 
-def plot_sweep(rows: list[TrialRow], sweep: Sweep, out: Path) -> Path:
-    """One panel per swept parameter: the metric of each trial, coloured by status."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    params = sweep.space.params
-    fig, axes = plt.subplots(1, len(params), figsize=(4.5 * len(params), 3.8), squeeze=False)
-    colours = {"completed": "tab:green", "stopped early": "tab:orange", "error": "tab:red"}
-    values = [r.metric for r in rows if r.metric is not None]
-    log_metric = bool(values) and min(values) > 0 and max(values) > 10 * min(values)
-    for ax, param in zip(axes[0], params):
-        categorical = param.kind in ("choice", "grid")
-        labels = [str(v) for v in param.values] if categorical else []
-        for status, colour in colours.items():
-            points = [(r.params[param.key], r.metric) for r in rows if r.status == status and r.metric is not None]
-            if points:
-                xs = [labels.index(str(x)) if categorical else x for x, _ in points]
-                ax.scatter(xs, [y for _, y in points], c=colour, label=status)
-        if categorical:
-            ax.set_xticks(range(len(labels)), labels, rotation=20)
-        elif param.kind == "loguniform":
-            ax.set_xscale("log")
-        if log_metric:
-            ax.set_yscale("log")
-        ax.set_xlabel(param.key)
-        ax.set_ylabel(sweep.space.sweep.metric)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:  # no trial reported the metric: no legend
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
-
 def shown_scores(rows: list[TrialRow], metric: str) -> list[str]:
     """The COMPARED metrics some trial reported, other than the sweep's metric."""
     return [key for key in COMPARED if key != metric and any(r.scores.get(key) is not None for r in rows)]
@@ -225,7 +189,7 @@ def write_report(results: tune.ResultGrid, sweep: Sweep) -> SweepReport:
         export_dir = None
 
     with tempfile.TemporaryDirectory() as tmp:
-        plot = plot_sweep(rows, sweep, Path(tmp) / "sweep.png")
+        plot = plot_sweep(rows, sweep.space.params, sweep.space.sweep.metric, Path(tmp) / "sweep.png")
         write_bytes(f"{sweep.directory}/sweep.png", plot.read_bytes())
     agree = agreement(rows)
     report = SweepReport(rows=rows, best=best, best_config=best_config, export_dir=export_dir,

@@ -1,4 +1,4 @@
-"""Run a sweep: every trial is one full distributed training run (``build_trainer``).
+"""Run a sweep: every trial is one full distributed training run (``build_torch_trainer``).
 
 Ray 2.60 runs Ray Train V2 inside Tune through a function trainable that builds and fits
 a ``TorchTrainer`` with ``TuneReportCallback``; ``Tuner(TorchTrainer(...))`` is refused.
@@ -23,8 +23,8 @@ from vla.config import Config, resolve_config
 from vla.ray_init import start_or_join_ray
 from vla.storage import exists, normalize_path, read_bytes, run_path, write_bytes
 from vla.train.config import TrainConfig
-from vla.train.launch import build_trainer, check_run, ensure_ray, total_steps_of, with_demo_data
-from vla.tune.scoring import SweepReportCallback, finished_step, score_checkpoint
+from vla.train.launch import build_torch_trainer, check_run, ensure_ray, total_steps_of, with_demo_data
+from vla.tune.scoring import SweepReportCallback, finished_step
 from vla.tune.space import PRESET_KEY, SearchSpace, apply_overrides, check_run_length
 
 log = logging.getLogger("vla.tune")
@@ -120,11 +120,12 @@ def _make_trainable(sweep: Sweep):
         already_trained = finished_step(run_dir) >= total_steps_of(cfg)
         checked = check_run(cfg)  # the scores build the policy the run trains: the dataset's actions and state
         callback = SweepReportCallback(settings.metric, run_dir, checked.cfg, score=settings.scores_closed_loop)
-        result = build_trainer(cfg, callbacks=[callback], checked=checked).fit()
+        result = build_torch_trainer(cfg, callbacks=[callback], checked=checked).fit()
         if already_trained and result.checkpoint is not None:
             final = {**result.metrics, CHECKPOINT_PATH_KEY: result.checkpoint.path}
             if settings.scores_closed_loop:
-                final.update(score_checkpoint(result.checkpoint, run_dir, checked.cfg))
+                callback.score_now(int(result.metrics.get("step", 0)), result.checkpoint)
+                final.update(callback.latest_score)
             tune.report(final)
 
     return run_trial

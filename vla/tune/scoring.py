@@ -4,9 +4,9 @@ success in the environment of the training data (the built-in simulator or MetaW
 metric ``eval_success_rate``).
 
 The score is one Ray task (``vla.eval.checkpoint.evaluate_checkpoint``, ``train.eval.episodes``
-episodes of the checkpoint just reported) beside the trial's workers, run from the trial's
-Train controller: the workers keep training while it runs (they wait only if they reach
-their next report first). ASHA sees the score in the same report as the checkpoint it scored.
+episodes of the checkpoint just reported), scheduled by ``vla.eval.scheduler`` as training's own
+evaluations are, beside the trial's workers, from the trial's Train controller: the workers keep
+training while it runs (they wait only if they reach their next report first). ASHA sees the score in the same report as the checkpoint it scored.
 A report without the sweep's metric (e.g. before the first score) is not forwarded to Tune.
 """
 
@@ -21,7 +21,7 @@ import ray.train
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
 from vla.config import Config
-from vla.eval.checkpoint import evaluate_checkpoint
+from vla.eval.scheduler import CheckpointEvaluator
 from vla.storage import exists, filesystem
 from vla.train.checkpoint import TRAIN_STATE_FILE
 
@@ -30,20 +30,10 @@ log = logging.getLogger("vla.tune")
 CHECKPOINT_PREFIX = "checkpoint_step"  # the folder names vla.train.loop reports checkpoints under
 
 
-def score_checkpoint(checkpoint: ray.train.Checkpoint, run_dir: str, cfg: Config) -> dict[str, float]:
-    """Closed-loop success of ``checkpoint`` (a Ray task on ``train.eval.cpus``); {} if it failed."""
-    task = ray.remote(num_cpus=cfg.train.eval.cpus, num_gpus=cfg.train.eval.gpus, max_retries=0,
-                      scheduling_strategy="DEFAULT")(evaluate_checkpoint)  # beside the trial, not in its bundles
-    try:
-        return ray.get(task.remote(checkpoint, run_dir, cfg.to_dict(), offline=False, calvin=False),
-                       timeout=cfg.train.eval.timeout_s)
-    except Exception as err:  # a failed score leaves the report unscored; the trial goes on
-        log.warning("closed-loop score of %s failed: %s: %s", checkpoint.path, type(err).__name__, err)
-        return {}
-
-
 class SweepReportCallback(TuneReportCallback):
-    """``TuneReportCallback`` that adds the closed-loop score and forwards only scored reports."""
+    """``TuneReportCallback`` that adds the closed-loop score of each reported checkpoint (the one
+    evaluation scheduler, ``vla.eval.scheduler``, waited for at once) and forwards only scored
+    reports."""
 
     def __init__(self, metric: str, run_dir: str, cfg: Config, score: bool) -> None:
         super().__init__()
@@ -51,6 +41,7 @@ class SweepReportCallback(TuneReportCallback):
         self.run_dir = run_dir
         self.cfg = cfg
         self.score = score
+        self.evaluator: CheckpointEvaluator | None = None  # built in the controller, where it runs
         self.latest_score: dict[str, float] = {}
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint: ray.train.Checkpoint | None):
@@ -58,10 +49,23 @@ class SweepReportCallback(TuneReportCallback):
         if checkpoint is not None:
             report[CHECKPOINT_PATH_KEY] = checkpoint.path
             if self.score:
-                self.latest_score = score_checkpoint(checkpoint, self.run_dir, self.cfg)
+                self.score_now(int(report.get("step", 0)), checkpoint)
         report.update(self.latest_score)
         if self.metric in report:
             self._training_actor_item_queue.put(report)
+
+    def score_now(self, step: int, checkpoint: ray.train.Checkpoint) -> None:
+        """Closed-loop success of ``checkpoint`` (a Ray task on ``train.eval.cpus``); a failed
+        score leaves the report unscored and the trial goes on."""
+        if self.evaluator is None:
+            self.evaluator = CheckpointEvaluator(self.cfg, self.run_dir, self.keep_score, offline=False, calvin=False)
+        self.latest_score = {}
+        self.evaluator.offer(step, checkpoint)
+        self.evaluator.finish(step)
+
+    def keep_score(self, step: int, metrics: dict[str, float], reported_at_step: int) -> None:
+        if "eval_failed" not in metrics:
+            self.latest_score = metrics
 
 
 def finished_step(run_dir: str) -> int:

@@ -43,7 +43,7 @@ Mapping (arguments of ``convert_lerobot``, flags of ``prepare_data.py lerobot``)
   action space's names.
 - ``state_key``: default ``observation.state`` when the dataset has it (any 1-D shape, names kept).
 - ``grippers``: ``INDEX:CONVENTION`` for each action dimension that is a gripper
-  (``vla.data.grippers``): a binary convention maps it to our -1 close / +1 open, ``continuous``
+  (``vla.action_space``): a binary convention maps it to our -1 close / +1 open, ``continuous``
   only names it. Without one, no dimension is a gripper (an SO-100's ``gripper.pos`` is a joint).
 - Splits: ``val_episodes`` (the last K episodes by index) if given; else the episodes that
   ``info.json`` ``splits`` put in a ``val``, ``validation`` or ``test`` range ("start:end"); else
@@ -65,9 +65,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vla.action_space import ActionSpace
+from vla.action_space import ActionSpace, GripperError, action_space_of, declared_grippers, map_grippers
 from vla.data.episodes import Episode, decode_image
-from vla.data.grippers import GripperError, action_space_of, declared_grippers, map_grippers
 from vla.data.metadata import DataError, DatasetMetadata
 from vla.data.writer import write_dataset
 
@@ -87,7 +86,7 @@ class FeatureMap:
     videos: frozenset[str]  # the mapped camera features stored as video
     action: str
     state: str | None
-    grippers: dict[int, str]  # action dimension -> gripper convention (``vla.data.grippers``)
+    grippers: dict[int, str]  # action dimension -> gripper convention (``vla.action_space``)
     action_space: ActionSpace
     state_dim: int | None = None
     state_names: list[str] | None = None
