@@ -7,9 +7,10 @@
 
 The demo's optimization (configs/demo.yaml: AdamW, warmup + cosine, clipping, its global batch
 and steps) runs in this process on every training window preloaded as tensors, without Ray
-Train's start-up and per-step overhead; the closed-loop guard (tests/eval/test_closed_loop.py)
-trains the same way. Then ``--eval-episodes`` closed-loop episodes of the trained policy on the
-unseen evaluation scenes. Prints the training time and the success rate with its 95% interval.
+Train's start-up and per-step overhead (the closed-loop guard, tests/eval/test_closed_loop.py,
+trains through the product instead). Then ``--eval-episodes`` closed-loop episodes of the trained policy on the
+unseen evaluation scenes. Prints the training time, the success rate with its 95% interval and
+the offline loss and pose error on the validation episodes.
 ``--hide-gripper`` runs the hidden-state variant (``vla.sim.env``): the gripper is only in the
 robot state, which the model reads with ``model.use_state=true`` (the demo config turns it off).
 """
@@ -31,6 +32,7 @@ from vla.data.converters.synthetic import convert_synthetic
 from vla.data.parquet_source import episode_columns, episode_to_windows, split_files
 from vla.data.pipeline import load_tokenizer
 from vla.eval.environments import SyntheticEnvironment, evaluation_episodes
+from vla.eval.offline import evaluate_offline_local
 from vla.eval.rollout import run_episodes, summarize
 from vla.model import build_model, build_tokenizer, save_export
 from vla.policy import Policy
@@ -110,6 +112,7 @@ def main() -> None:
     model = train_plainly(cfg, windows)
     seconds = time.perf_counter() - start
     policy = Policy.load(write_export(f"{work}/export", model, cfg), "cpu")
+    offline = evaluate_offline_local(policy, cfg, "val", batch_size=32, max_batches=16)
     env = SyntheticEnvironment(SimConfig(image_size=cfg.model.image_size, show_gripper=not args.hide_gripper))
     result = summarize(run_episodes(policy, evaluation_episodes(env, args.eval_episodes), env), env.outcomes)
     low, high = result["success_ci95"]
@@ -118,6 +121,8 @@ def main() -> None:
           f"windows, overrides {args.overrides or 'none'}, state read: {cfg.model.state_dim or 'no'}")
     print(f"training: {cfg.train.max_steps} steps in {seconds:.0f} s; closed loop: {result['success_rate']:.0%} "
           f"of {args.eval_episodes} episodes (95% interval {low:.1%}-{high:.1%})")
+    print(f"offline ({offline['windows']} val windows): loss {offline['loss']:.4f}, pose error {offline['pose_error']:.4f}"
+          + (f", gripper accuracy {offline['gripper_accuracy']:.3f}" if "gripper_accuracy" in offline else ""))
 
 
 if __name__ == "__main__":

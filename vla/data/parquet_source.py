@@ -135,7 +135,7 @@ class ParquetEpisodes:
 @dataclass
 class InProcessWindows:
     """The stream's transforms without Ray: every window of every episode row of a table, in
-    this process (the plain-loop benchmark, tests, the closed-loop guard)."""
+    this process (the plain-loop benchmark, offline evaluation during training, tests)."""
 
     decode: EpisodeChain
     tokenize: Tokenize
