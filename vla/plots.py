@@ -110,7 +110,8 @@ def draw_per_task(ax, closed_loop: dict) -> None:
     width = 0.8 / len(names)
     for k, name in enumerate(names):
         rates = [closed_loop["policies"][name]["per_task"].get(task, {}).get("success_rate", 0.0) for task in tasks]
-        ax.bar(np.arange(len(tasks)) + k * width, rates, width, label=name, color=POLICY_COLOURS[k % len(POLICY_COLOURS)])
+        colour = POLICY_COLOURS[k % len(POLICY_COLOURS)]
+        ax.bar(np.arange(len(tasks)) + k * width, rates, width, label=name, color=colour)
     ax.set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, tasks, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_ylabel("success rate")
@@ -128,7 +129,8 @@ def plot_sweep(trials: Sequence[Any], params: Sequence[Any], metric: str, out: P
             categorical = param.kind in ("choice", "grid")
             labels = [str(v) for v in param.values] if categorical else []
             for status, colour in STATUS_COLOURS.items():
-                points = [(t.params[param.key], t.metric) for t in trials if t.status == status and t.metric is not None]
+                points = [(t.params[param.key], t.metric) for t in trials
+                          if t.status == status and t.metric is not None]
                 if points:
                     xs = [labels.index(str(x)) if categorical else x for x, _ in points]
                     ax.scatter(xs, [y for _, y in points], c=colour, label=status)

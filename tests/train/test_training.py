@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed.checkpoint as dcp
 
 from vla.config import load_config
-from vla.model import ActionStepper, build_model, load_export
-from vla.train.checkpoint import TRAIN_STATE_FILE, CheckpointError, read_train_state
+from vla.model import ActionStepper, load_export
+from vla.model.checkpoint import TRAIN_STATE_FILE, CheckpointError, load_checkpoint_model, read_train_state
 from vla.train.launch import run_training
 from vla.train.progress import read_metrics
 from vla.train.schedule import lr_factor
@@ -70,10 +69,7 @@ def test_fsdp_training_resumes_after_kill_and_retries_a_failed_worker_group(ray_
 
     # The export (no Ray, no FSDP) acts exactly like the final sharded checkpoint.
     exported, model_cfg = load_export(result.export_dir)
-    reference = build_model(model_cfg)
-    state = {"model": reference.state_dict()}
-    dcp.load(state, checkpoint_id=str(checkpoint))
-    reference.load_state_dict(state["model"])
+    reference = load_checkpoint_model(checkpoint, model_cfg)
     exported.eval()
     reference.eval()
     torch.manual_seed(0)

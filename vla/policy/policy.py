@@ -133,9 +133,8 @@ class Policy:
     @classmethod
     def of_run(cls, model: VLAModel, run: Config, normalization: dict, tokenizer, device: torch.device) -> Policy:
         """The policy of ``model`` with the preprocessing of ``run`` (its cameras and instruction length)."""
-        tokenize = Tokenize(tokenizer, run.data.max_text_len)
-        return cls(model, Normalization.from_dict(normalization), Preprocessor(run.data.cameras, model.image_size, tokenize),
-                   device)
+        preprocessor = Preprocessor(run.data.cameras, model.image_size, Tokenize(tokenizer, run.data.max_text_len))
+        return cls(model, Normalization.from_dict(normalization), preprocessor, device)
 
     def reset(self, env_index: int | None = None) -> None:
         """Forget the history of every environment, or of ``env_index`` only."""

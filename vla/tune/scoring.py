@@ -6,13 +6,13 @@ metric ``eval_success_rate``).
 The score is one Ray task (``vla.eval.checkpoint.evaluate_checkpoint``, ``train.eval.episodes``
 episodes of the checkpoint just reported), scheduled by ``vla.eval.scheduler`` as training's own
 evaluations are, beside the trial's workers, from the trial's Train controller: the workers keep
-training while it runs (they wait only if they reach their next report first). ASHA sees the score in the same report as the checkpoint it scored.
-A report without the sweep's metric (e.g. before the first score) is not forwarded to Tune.
+training while it runs (they wait only if they reach their next report first). ASHA sees the
+score in the same report as the checkpoint it scored. A report without the sweep's metric
+(e.g. before the first score, or after a failed one) is not forwarded to Tune.
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -22,10 +22,8 @@ from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallba
 
 from vla.config import Config
 from vla.eval.scheduler import CheckpointEvaluator
+from vla.model.checkpoint import TRAIN_STATE_FILE
 from vla.storage import exists, filesystem
-from vla.train.checkpoint import TRAIN_STATE_FILE
-
-log = logging.getLogger("vla.tune")
 
 CHECKPOINT_PREFIX = "checkpoint_step"  # the folder names vla.train.loop reports checkpoints under
 
