@@ -136,7 +136,7 @@ def open_file(root: str, file: str, cache: bool):
     fs, _ = filesystem(root)
     if not cache or isinstance(fs, pafs.LocalFileSystem):
         return fs.open_input_file(file)
-    return pafs.LocalFileSystem().open_input_file(str(cached_file(f"{root.split('://', 1)[0]}://{file.lstrip('/')}")))
+    return pafs.LocalFileSystem().open_input_file(str(cached_file(with_scheme_of(root, file))))
 
 
 @functools.cache

@@ -178,7 +178,6 @@ class RunLogger:
         self.local_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.local_dir / METRICS_FILE
         self.wandb = None
-        self.wandb_eval_axis = False
         if wandb_mode(mode) != "disabled":
             import wandb
 
@@ -191,6 +190,8 @@ class RunLogger:
                 dir=str(self.local_dir),
                 config=config,
             )
+            self.wandb.define_metric(WANDB_EVAL_STEP)  # evaluations arrive after their step: their own axis
+            self.wandb.define_metric("eval/*", step_metric=WANDB_EVAL_STEP)
 
     def cut_after(self, step: int) -> None:
         """Drop the records of steps after ``step``: a run resumed there logs them again."""
@@ -217,10 +218,6 @@ class RunLogger:
         with self.metrics_path.open("a") as f:
             f.write(json.dumps({"step": step, **metrics, "eval_reported_at_step": reported_at_step}) + "\n")
         if self.wandb is not None:
-            if not self.wandb_eval_axis:
-                self.wandb.define_metric(WANDB_EVAL_STEP)
-                self.wandb.define_metric("eval/*", step_metric=WANDB_EVAL_STEP)
-                self.wandb_eval_axis = True
             named = {f"eval/{key.removeprefix('eval_')}": value for key, value in metrics.items()}
             self.wandb.log({**named, WANDB_EVAL_STEP: step})
 
