@@ -22,6 +22,7 @@ as 0, 0.6 or 1, so it is recorded as a continuous dimension, not a binary grippe
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ import numpy as np
 from vla.typed_config import check
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must be set before mujoco is imported
+# PyOpenGL (imported by mujoco's EGL backend) logs at INFO that its optional C accelerator is absent;
+# rendering does not use it, and the entry points log at INFO.
+logging.getLogger("OpenGL.acceleratesupport").setLevel(logging.WARNING)
 
 # LeRobot's fixed instruction per task (src/lerobot/envs/metaworld_config.json, TASK_DESCRIPTIONS).
 INSTRUCTIONS: dict[str, str] = {

@@ -55,7 +55,7 @@ class SweepSettings:
     max_concurrent_trials: int = 0  # 0: as many as the cluster's resources hold
     wait_for_autoscaler: bool = False  # trust an autoscaling cluster to grow for the trials
     seed: int = 0
-    # Score every checkpointed report by closed-loop success on the built-in simulator
+    # Score every checkpointed report by closed-loop success in the training data's environment
     # (train.eval.episodes episodes, a Ray task beside the trial's workers) as eval_success_rate;
     # always on when that is the metric
     closed_loop: bool = False
